@@ -1,0 +1,42 @@
+# Strategy@Home: `make demo` and `make test` set everything up on a machine with Python 3.11+ and make.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: help install test lint bench bench-quick demo clean
+
+help:
+	@echo "make demo         set up and run the demo"
+	@echo "make test         set up and run the whole test suite"
+	@echo "make bench        engine benchmark against vectorbt, backtesting.py and a numba loop"
+	@echo "make bench-quick  the same, reduced (under a minute)"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed, found " + sys.version.split()[0])'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[portal,test,peers]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+bench: $(STAMP)
+	$(PY) bench/engine.py
+
+bench-quick: $(STAMP)
+	$(PY) bench/engine.py --quick
+
+demo: $(STAMP)
+	$(PY) -m worker_client.engine.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""The portal's Django apps, layered credit → workunits → accounts → common."""

@@ -1,0 +1,1 @@
+"""Shared foundations for the other apps: base model, the service error type."""

@@ -1,0 +1,1 @@
+"""Strategy@Home portal: the Django project (settings, URLs, WSGI/ASGI entry points)."""
