@@ -57,6 +57,8 @@ class SearchSpace:
     sizes: tuple[float, ...] = (1.0,)  # the campaign's risk level: fractions of equity
     stop_probability: float = 0.5  # chance that a new genome has each of the three stops
     _series: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+    _by_scale: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False,
+                                                  compare=False)
 
     def __post_init__(self) -> None:
         for name in ("indicators", "periods", "macd_params", "bollinger_k", "directions",
@@ -90,6 +92,10 @@ class SearchSpace:
         for key in series:
             parse_key(key)  # every grid point must be a valid series
         object.__setattr__(self, "_series", tuple(series))
+        by_scale: dict[str, list[str]] = {}
+        for key in series:
+            by_scale.setdefault(parse_key(key).scale, []).append(key)
+        object.__setattr__(self, "_by_scale", {k: tuple(v) for k, v in by_scale.items()})
 
     def _keys_of(self, name: str) -> list[str]:
         outputs = [o for o in INDICATORS[name].outputs]
@@ -111,6 +117,7 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)
         raw.pop("_series")
+        raw.pop("_by_scale")
         return {k: [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple)
                 else v for k, v in raw.items()}
 
@@ -136,7 +143,7 @@ class SearchSpace:
     def random_condition(self, rng: np.random.Generator) -> Condition:
         a = self._pick(rng, self._series)
         scale = parse_key(a).scale
-        peers = [k for k in self._series if k != a and parse_key(k).scale == scale]
+        peers = [k for k in self._by_scale[scale] if k != a]
         op = self._pick(rng, _OPERATORS)
         if scale in THRESHOLD_RANGES and (not peers or rng.random() < 0.7):
             return Condition(a, op, self._pick(rng, _grid(*THRESHOLD_RANGES[scale])))
