@@ -252,8 +252,9 @@ class IslandEpoch:
             self._evaluated[genome.hash] = (genome, np.array(row.tolist(), dtype=np.float64))
 
     def _fitness(self, genomes: Sequence[Genome]) -> np.ndarray:
-        rows = np.array([self._evaluated[g.hash][1] for g in genomes]).reshape(-1, len(METRIC_FIELDS))
-        return fitness_of(np.ascontiguousarray(rows).view(_ROW_DTYPE).reshape(-1), self.settings)
+        rows = np.array([self._evaluated[g.hash][1] for g in genomes])
+        rows = np.ascontiguousarray(rows.reshape(-1, len(METRIC_FIELDS)))
+        return fitness_of(rows.view(_ROW_DTYPE).reshape(-1), self.settings)
 
     def _ranked(self, genomes: Sequence[Genome]) -> list[tuple[float, Genome]]:
         """Best first; ties broken by hash so that order never depends on anything else."""
