@@ -101,9 +101,9 @@ class SearchSpace:
         outputs = [o for o in INDICATORS[name].outputs]
         if name == "macd":
             return [f"macd.{o}({f},{s},{g})" for f, s, g in self.macd_params for o in outputs]
-        if name == "bb":
+        if name == "bb":  # the middle band is sma(n), already in the space when sma is
             return [f"bb.{o}({n},{format_number(k)})" for n in self.periods if n >= 2
-                    for k in self.bollinger_k for o in outputs]
+                    for k in self.bollinger_k for o in outputs if o != "mid"]
         periods = [n for n in self.periods if n >= (2 if name in ("rsi", "volatility") else 1)]
         return [f"{name}({n})" for n in periods]
 
