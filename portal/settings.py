@@ -91,11 +91,18 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_q",
     "apps.common",
+    "apps.accounts",
+    "apps.workunits",
+    "apps.credit",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -164,5 +171,72 @@ TIME_ZONE = "UTC"
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every request without it
 MEDIA_URL = "media/"
 MEDIA_ROOT = BASE_DIR / (_env("MEDIA_ROOT") or VAR_DIR / "media")  # relative to the project
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"
+                    if not (DEBUG or TESTING) else
+                    "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = DEBUG or TESTING  # serve app static files without collectstatic
+
+# Request bodies: scheduler reports carry a few hundred genomes at most.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_000_000, minimum=1)
+
+REDIS_URL = _env("REDIS_URL")
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    if REDIS_URL else
+    # Throttle counts must be shared by every portal process: the database cache is.
+    {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "cache_table"}
+    if not TESTING else
+    {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
+                                 "rest_framework.renderers.BrowsableAPIRenderer"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "EXCEPTION_HANDLER": "portal.api.exception_handler",
+    "DEFAULT_THROTTLE_RATES": {
+        "attach": _env("THROTTLE_ATTACH") or "20/hour",
+        "scheduler": _env("THROTTLE_SCHEDULER") or "600/minute",
+        "download": _env("THROTTLE_DOWNLOAD") or "120/hour",
+    },
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Strategy@Home worker API",
+    "DESCRIPTION": "What the worker client speaks: attach a host, ask for work, report results.",
+    "VERSION": "1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# django-q2: the BOINC daemons (transitioner, validator, assimilator, file deleter) run as its
+# tasks. ORM broker by default; Redis when REDIS_URL is set. retry must exceed timeout.
+Q_CLUSTER = {
+    "name": "strategy",
+    "workers": env_int("Q_WORKERS", default=2, minimum=1),
+    "timeout": 120,
+    "retry": 180,
+    "max_attempts": 3,
+    "queue_limit": 50,
+    "bulk": 1,
+    "poll": 0.2,
+    "catch_up": False,
+    "save_limit": 500,
+    "label": "Background jobs",
+    "sync": env_bool("Q_SYNC", default=False),
+    **({"redis": REDIS_URL} if REDIS_URL else {"orm": "default"}),
+}
+
+# Portal behaviour.
+RESULT_GRACE_SECONDS = env_int("RESULT_GRACE_SECONDS", default=300, minimum=0)
+FILE_DELETE_DELAY_SECONDS = env_int("FILE_DELETE_DELAY_SECONDS", default=86_400, minimum=0)
+MIN_CLIENT_VERSION = _env("MIN_CLIENT_VERSION") or "0.1.0"
