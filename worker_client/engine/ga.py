@@ -298,21 +298,66 @@ class IslandEpoch:
         top = tuple(ScoredGenome(g, f, Metrics.from_row(self._evaluated[g.hash][1].view(
             _ROW_DTYPE)[0])) for f, g in everything[: self.settings.top_k])
         population = tuple(g for _, g in ranked_population)
-        summary = {
-            "population": [g.hash for g in population],
-            "top": [{"genome": t.genome.hash, "fitness": _digest_number(t.fitness),
-                     "metrics": {k: _digest_number(v) for k, v in asdict(t.metrics).items()}}
-                    for t in top],
-            "evaluated": len(self._evaluated),
-            "generations": self.generations,
-        }
-        digest = hashlib.sha256(json.dumps(summary, sort_keys=True, separators=(",", ":"))
-                                .encode()).hexdigest()
+        digest = result_digest(
+            population_hashes=[g.hash for g in population],
+            top=[(t.genome.hash, t.fitness, asdict(t.metrics)) for t in top],
+            evaluated=len(self._evaluated), generations=self.generations)
         return EpochResult(population=population, top=top, evaluated=len(self._evaluated),
                            generations=self.generations, digest=digest)
 
 
 _ROW_DTYPE = np.dtype([(name, np.float64) for name in METRIC_FIELDS])
+
+
+def result_digest(*, population_hashes: Sequence[str],
+                  top: Sequence[tuple[str, float, dict[str, Any]]], evaluated: int,
+                  generations: int) -> str:
+    """The digest two hosts compare: sha256 of a canonical summary of an epoch's answer.
+
+    ``top`` holds (genome hash, fitness, metrics) of the best genomes, best first.
+    """
+    summary = {
+        "population": list(population_hashes),
+        "top": [{"genome": h, "fitness": _digest_number(f),
+                 "metrics": {k: _digest_number(v) for k, v in metrics.items()}}
+                for h, f, metrics in top],
+        "evaluated": evaluated,
+        "generations": generations,
+    }
+    text = json.dumps(summary, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def digest_of_output(output: dict[str, Any]) -> str:
+    """Recompute the digest from a reported ``EpochResult.to_dict()``.
+
+    The portal checks that a host's digest matches the answer it sent, so agreement on the
+    digest is agreement on the answer. Raises ``EpochError`` if the output is malformed.
+    """
+    try:
+        population = [Genome.from_dict(g).hash for g in output["population"]]
+        top = []
+        for entry in output["top"]:
+            if Genome.from_dict(entry["genome"]).hash != entry["hash"]:
+                raise EpochError("a top genome's hash does not match the genome")
+            metrics = {k: _none_as_nonfinite(k, entry["metrics"][k]) for k in METRIC_FIELDS}
+            top.append((entry["hash"], _none_as_nonfinite("fitness", entry["fitness"]),
+                        metrics))
+        return result_digest(population_hashes=population, top=top,
+                             evaluated=int(output["evaluated"]),
+                             generations=int(output["generations"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EpochError(f"malformed epoch output: {exc}") from None
+
+
+def _none_as_nonfinite(name: str, value: Any) -> float:
+    # to_dict() writes undefined figures (NaN) and infinite ratios as null. Both spell "nan"
+    # or "inf" in the digest; null can only have come from one of those.
+    if value is None:
+        return math.nan if name in ("return_skew", "return_kurtosis") else math.inf
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EpochError(f"{name} must be a number, got {value!r}")
+    return float(value)
 
 
 def _digest_number(x: float) -> str:

@@ -194,3 +194,20 @@ def test_same_digest_in_another_process_and_without_the_jit():
     for (h1, n1, eq1), (h2, n2, eq2) in zip(interpreted["top"], compiled["top"], strict=True):
         assert (h1, n1) == (h2, n2)
         assert eq1 == pytest.approx(eq2, rel=1e-12)
+
+
+def test_digest_recomputed_from_the_reported_output(reference):
+    """The portal recomputes the digest from what a host reports: any edit changes it."""
+    from worker_client.engine.ga import digest_of_output
+
+    result, _ = reference
+    output = json.loads(json.dumps(result.to_dict()))  # as it crosses the wire
+    assert digest_of_output(output) == result.digest
+    output["top"][0]["metrics"]["sharpe"] += 1.0
+    assert digest_of_output(output) != result.digest
+    output = json.loads(json.dumps(result.to_dict()))
+    output["top"][0]["hash"] = output["top"][1]["hash"]
+    with pytest.raises(EpochError):
+        digest_of_output(output)
+    with pytest.raises(EpochError):
+        digest_of_output({"population": "nonsense"})
