@@ -169,6 +169,19 @@ def _simulate(open_, high, low, close, table, ops, a, b, v, p, direction, stop_l
             return -1
         return side
 
+    def opened(side, price, cash):
+        """(signed units, cash left, entry fill) after opening ``side`` at ``price``.
+
+        No position (0 units) when the order would be under the minimum of 1e-8 units
+        (``MIN_UNITS``), which also covers an account with nothing left.
+        """
+        fill = price * (1.0 + slippage) if side > 0 else price * (1.0 - slippage)
+        units = cash * size / (fill * (1.0 + fee))
+        if units < 1e-8:
+            return 0.0, cash, 0.0
+        q = units if side > 0 else -units
+        return q, cash - (q * fill + units * fill * fee), fill
+
     has_stops = stop_loss > 0.0 or take_profit > 0.0 or trailing > 0.0
     cash = initial_cash
     q = 0.0  # signed units held
@@ -201,16 +214,12 @@ def _simulate(open_, high, low, close, table, ops, a, b, v, p, direction, stop_l
         if signal < 0:
             break
         t = signal + 1
-        fill = open_[t] * (1.0 + slippage) if side > 0 else open_[t] * (1.0 - slippage)
-        units = cash * size / (fill * (1.0 + fee))
-        if units < 1e-8:  # MIN_UNITS; also a ruined account
+        q, cash, entry_price = opened(side, open_[t], cash)
+        if q == 0.0:  # below the minimum order (or a ruined account): still flat
             flat_from = t
             continue
-        q = units if side > 0 else -units
-        cash -= q * fill + units * fill * fee
-        entry_price = fill
         entry_bar = t
-        extreme = fill
+        extreme = entry_price
         # In a position from the open of bar t.
         while True:
             if has_stops and q != 0.0:  # levels are fixed before the bar: its high/low come after
@@ -287,14 +296,9 @@ def _simulate(open_, high, low, close, table, ops, a, b, v, p, direction, stop_l
                                    trades_out)
             q = 0.0
             if want != 0 and want != side and t < last:  # long/short reverses at the same open
-                fill = open_[t] * (1.0 + slippage) if want > 0 else open_[t] * (1.0 - slippage)
-                units = cash * size / (fill * (1.0 + fee))
-                if units >= 1e-8:
-                    q = units if want > 0 else -units
-                    cash -= q * fill + units * fill * fee
-                    entry_price = fill
-                    entry_bar = t
-                    extreme = fill
+                q, cash, entry_price = opened(want, open_[t], cash)
+                entry_bar = t
+                extreme = entry_price
 
     n_trades = int(stats[0])
     wins = stats[1]
