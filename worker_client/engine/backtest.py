@@ -481,6 +481,14 @@ def _range(data: OHLCV, start: int, stop: int | None) -> tuple[int, int]:
     return start, stop
 
 
+def _features_for(data: OHLCV, features: FeatureTable | None) -> FeatureTable:
+    if features is None:
+        return FeatureTable(data)
+    if features.data is not data:
+        raise ValueError("features were computed for another data set")
+    return features
+
+
 def _check_cash(initial_cash: float) -> float:
     if not (math.isfinite(initial_cash) and initial_cash > 0):
         raise ValueError(f"initial_cash must be positive, got {initial_cash!r}")
@@ -495,15 +503,16 @@ def backtest(data: OHLCV, genome: Genome, *, costs: Costs = Costs(),
     Indicators are computed over the whole data set, so bars before ``start`` serve as warm-up.
     """
     start, stop = _range(data, start, stop)
-    features = features or FeatureTable(data)
+    features = _features_for(data, features)
+    initial_cash = _check_cash(initial_cash)
     enc = _encode([genome], features)
     out = np.empty((1, _N_METRICS))
     equity = np.empty(stop - start)
-    trades = np.empty(((stop - start) // 2 + 2, _TRADE_COLUMNS))
+    trades = np.empty((stop - start, _TRADE_COLUMNS))  # at most one trade closes per bar
     n = _simulate(data.open, data.high, data.low, data.close, features.table, enc.ops,
                   enc.a, enc.b, enc.v, 0, enc.direction[0], enc.stop_loss[0],
                   enc.take_profit[0], enc.trailing[0], enc.size[0], float(costs.fee),
-                  float(costs.slippage), _check_cash(initial_cash), start, stop,
+                  float(costs.slippage), initial_cash, start, stop,
                   data.bars_per_year, out, True, equity, trades)
     trade_list = np.empty(n, TRADE_DTYPE)
     for i, name in enumerate(TRADE_DTYPE.names[:-1]):
@@ -522,7 +531,8 @@ def evaluate_population(data: OHLCV, genomes: Sequence[Genome], *, costs: Costs 
     calls too). ``threads`` spreads genomes over cores without changing any result.
     """
     start, stop = _range(data, start, stop)
-    features = features or FeatureTable(data)
+    features = _features_for(data, features)
+    initial_cash = _check_cash(initial_cash)
     out = np.empty((len(genomes), _N_METRICS))
     if not genomes:
         return out.view(METRICS_DTYPE).reshape(-1)
@@ -533,7 +543,7 @@ def evaluate_population(data: OHLCV, genomes: Sequence[Genome], *, costs: Costs 
         _simulate_population(data.open, data.high, data.low, data.close, features.table, enc.ops,
                              enc.a, enc.b, enc.v, enc.direction, enc.stop_loss, enc.take_profit,
                              enc.trailing, enc.size, float(costs.fee), float(costs.slippage),
-                             _check_cash(initial_cash), start, stop, data.bars_per_year, out)
+                             initial_cash, start, stop, data.bars_per_year, out)
     finally:
         numba.set_num_threads(previous)
     return out.view(METRICS_DTYPE).reshape(-1)

@@ -166,7 +166,7 @@ class Genome:
             parts = ([f"unknown field(s) {sorted(unknown)}"] if unknown else []) + (
                 [f"missing field(s) {sorted(missing)}"] if missing else [])
             raise GenomeError("genome: " + "; ".join(parts))
-        if raw["v"] != SCHEMA_VERSION:
+        if type(raw["v"]) is not int or raw["v"] != SCHEMA_VERSION:
             raise GenomeError(f"v: this engine reads genome version {SCHEMA_VERSION}, "
                               f"got {raw['v']!r}")
         return cls(
@@ -241,7 +241,10 @@ def _check_fraction(name: str, value: Any, bounds: tuple[float, float]) -> None:
 def _float(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise GenomeError(f"{name}: must be a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise GenomeError(f"{name}: {str(value)[:20]}… is too large") from None
 
 
 def _optional_float(value: Any, name: str) -> float | None:

@@ -25,7 +25,14 @@ from .genome import (
     Genome,
     GenomeError,
 )
-from .series import INDICATORS, PRICE, THRESHOLD_RANGES, format_number, parse_key
+from .series import (
+    INDICATORS,
+    PRICE,
+    THRESHOLD_RANGES,
+    SeriesKeyError,
+    format_number,
+    parse_key,
+)
 
 _OPERATORS = ("gt", "lt", "cross_above", "cross_below")
 _DEFAULT_INDICATORS = ("sma", "ema", "rsi", "macd", "bb", "natr", "roc", "stoch_k",
@@ -57,6 +64,7 @@ class SearchSpace:
     sizes: tuple[float, ...] = (1.0,)  # the campaign's risk level: fractions of equity
     stop_probability: float = 0.5  # chance that a new genome has each of the three stops
     _series: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+    _usable: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
     _by_scale: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False,
                                                   compare=False)
 
@@ -69,6 +77,11 @@ class SearchSpace:
             else:
                 value = tuple(value)
             object.__setattr__(self, name, value)
+        for p in self.periods:
+            if not isinstance(p, int) or isinstance(p, bool) or p < 1:
+                raise SpaceError(f"periods must be positive whole numbers, got {p!r}")
+        if not isinstance(self.max_conditions, int) or isinstance(self.max_conditions, bool):
+            raise SpaceError(f"max_conditions must be a whole number, got {self.max_conditions!r}")
         unknown = set(self.indicators) - set(INDICATORS)
         if unknown:
             raise SpaceError(f"indicators: unknown {sorted(unknown)}; known: {sorted(INDICATORS)}")
@@ -89,12 +102,21 @@ class SearchSpace:
         series = ["close"]
         for name in self.indicators:
             series.extend(self._keys_of(name))
-        for key in series:
-            parse_key(key)  # every grid point must be a valid series
-        object.__setattr__(self, "_series", tuple(series))
         by_scale: dict[str, list[str]] = {}
         for key in series:
-            by_scale.setdefault(parse_key(key).scale, []).append(key)
+            try:
+                scale = parse_key(key).scale  # every grid point must be a valid series
+            except SeriesKeyError as exc:
+                raise SpaceError(str(exc)) from None
+            by_scale.setdefault(scale, []).append(key)
+        # A series can start a condition if a number or another series can stand beside it.
+        usable = tuple(k for k in series if parse_key(k).scale in THRESHOLD_RANGES
+                       or len(by_scale[parse_key(k).scale]) > 1)
+        if not usable:
+            raise SpaceError("this space cannot build any condition: add an oscillator "
+                             "(e.g. rsi) or two comparable series (e.g. sma and ema)")
+        object.__setattr__(self, "_series", tuple(series))
+        object.__setattr__(self, "_usable", usable)
         object.__setattr__(self, "_by_scale", {k: tuple(v) for k, v in by_scale.items()})
 
     def _keys_of(self, name: str) -> list[str]:
@@ -116,8 +138,8 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)
-        raw.pop("_series")
-        raw.pop("_by_scale")
+        for private in ("_series", "_usable", "_by_scale"):
+            raw.pop(private)
         return {k: [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple)
                 else v for k, v in raw.items()}
 
@@ -141,14 +163,12 @@ class SearchSpace:
         return options[int(rng.integers(len(options)))]
 
     def random_condition(self, rng: np.random.Generator) -> Condition:
-        a = self._pick(rng, self._series)
+        a = self._pick(rng, self._usable)
         scale = parse_key(a).scale
         peers = [k for k in self._by_scale[scale] if k != a]
         op = self._pick(rng, _OPERATORS)
         if scale in THRESHOLD_RANGES and (not peers or rng.random() < 0.7):
             return Condition(a, op, self._pick(rng, _grid(*THRESHOLD_RANGES[scale])))
-        if not peers:  # a lone price-like series: compare it with close instead
-            return self.random_condition(rng)
         if scale == PRICE and a != "close" and rng.random() < 0.5:
             return Condition("close", op, a)  # "close > EMA(200)" reads naturally
         return Condition(a, op, self._pick(rng, peers))
