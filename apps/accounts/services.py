@@ -1,0 +1,141 @@
+"""Writes for volunteers and hosts: registration, account keys, attaching and retiring hosts.
+
+An account key (one per volunteer, attaches hosts) and a host token (one per host, used for
+every worker call) are shown to their owner once, when made, and stored only as their sha256.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import transaction
+from django.utils import timezone
+
+from apps.common.errors import ApplicationError
+
+from .models import Host, Volunteer
+from .selectors import secret_hash, volunteer_by_account_key
+
+# The fields of worker_client.protocol.HostInfo that a host row keeps, with their limits.
+HOST_INFO_FIELDS = ("name", "os", "arch", "python_version", "numba_version", "cpu_count",
+                    "memory_mb", "client_version", "speed")
+KEY_HINT_LENGTH = 6
+
+
+def new_secret() -> str:
+    """256 random bits, URL-safe; never starting with "-", which a command line would take for
+    an option (``--account-key -abc…`` fails in argparse)."""
+    while True:
+        secret = secrets.token_urlsafe(32)
+        if not secret.startswith("-"):
+            return secret
+
+
+def _host_fields(info: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(info) - set(HOST_INFO_FIELDS)
+    if unknown:
+        raise ApplicationError(f"Unknown host field(s): {', '.join(sorted(unknown))}.",
+                               extra={"code": "invalid_host_info", "fields": sorted(unknown)})
+    return {name: info[name] for name in HOST_INFO_FIELDS if name in info}
+
+
+@transaction.atomic
+def volunteer_register(*, username: str, email: str, password: str, display_name: str,
+                       country: str = "") -> tuple[Volunteer, str]:
+    """Create a user and their volunteer profile; return it with the account key, shown once."""
+    user_model = get_user_model()
+    username = username.strip()
+    if not username:
+        raise ApplicationError("Choose a user name.", extra={"code": "invalid_username"})
+    if user_model.objects.filter(username__iexact=username).exists():
+        raise ApplicationError(f"The user name {username!r} is taken.",
+                               extra={"code": "username_taken", "status": 409})
+    try:
+        user_model._meta.get_field("username").run_validators(username)
+        validate_email(email)
+    except ValidationError as exc:
+        raise ApplicationError(" ".join(exc.messages), extra={"code": "invalid_account"}) from None
+    country = country.strip().upper()
+    if country and not (len(country) == 2 and country.isalpha() and country.isascii()):
+        raise ApplicationError("Country must be a two-letter ISO 3166 code, e.g. DE.",
+                               extra={"code": "invalid_country"})
+    user = user_model(username=username, email=email)
+    try:
+        validate_password(password, user=user)
+    except ValidationError as exc:
+        raise ApplicationError(" ".join(exc.messages),
+                               extra={"code": "invalid_password"}) from None
+    user.set_password(password)
+    user.save()
+    account_key = new_secret()
+    volunteer = Volunteer.objects.create(
+        user=user, display_name=(display_name.strip() or username)[:100], country=country,
+        account_key_hash=secret_hash(account_key), account_key_hint=account_key[:KEY_HINT_LENGTH])
+    return volunteer, account_key
+
+
+@transaction.atomic
+def account_key_rotate(*, volunteer: Volunteer) -> str:
+    """Replace the volunteer's account key; the old one stops attaching hosts at once.
+
+    Hosts already attached keep working: each has its own token.
+    """
+    account_key = new_secret()
+    changed = Volunteer.objects.filter(
+        pk=volunteer.pk, account_key_hash=volunteer.account_key_hash,
+    ).update(account_key_hash=secret_hash(account_key),
+             account_key_hint=account_key[:KEY_HINT_LENGTH], updated_at=timezone.now())
+    if changed != 1:
+        raise ApplicationError("The account key was changed meanwhile; reload and try again.",
+                               extra={"code": "conflict", "status": 409})
+    volunteer.account_key_hash = secret_hash(account_key)
+    volunteer.account_key_hint = account_key[:KEY_HINT_LENGTH]
+    return account_key
+
+
+@transaction.atomic
+def host_attach(*, account_key: str, info: dict[str, Any]) -> tuple[Host, str]:
+    """Attach a new host to the account this key belongs to; return it with its token, once."""
+    volunteer = volunteer_by_account_key(account_key)
+    if volunteer is None:
+        raise ApplicationError(
+            "That account key is not valid. Copy it again from your account page on the portal.",
+            extra={"code": "invalid_account_key", "status": 403})
+    fields = _host_fields(info)
+    if not fields.get("name"):
+        raise ApplicationError("A host needs a name.", extra={"code": "invalid_host_info"})
+    token = new_secret()
+    host = Host.objects.create(volunteer=volunteer, token_hash=secret_hash(token),
+                               last_contact=timezone.now(), **fields)
+    return host, token
+
+
+@transaction.atomic
+def host_update(*, host: Host, info: dict[str, Any]) -> Host:
+    """Record what a host says about itself (platform, versions, measured speed)."""
+    fields = _host_fields(info)
+    for name, value in fields.items():
+        setattr(host, name, value)
+    host.last_contact = timezone.now()
+    host.save(update_fields=[*fields, "last_contact"])
+    return host
+
+
+@transaction.atomic
+def host_retire(*, host: Host) -> Host:
+    """Revoke a host's token for good: it can no longer ask for work or report.
+
+    Its tasks in progress are left to time out; the transitioner then replaces them.
+    """
+    changed = Host.objects.filter(pk=host.pk, retired=False).update(
+        retired=True, updated_at=timezone.now())
+    if changed != 1:
+        raise ApplicationError("This host is already retired.",
+                               extra={"code": "host_retired", "status": 409})
+    host.retired = True
+    return host

@@ -1,0 +1,269 @@
+"""Input and output serializers of the worker API: the wire contract of ``worker_client.protocol``.
+
+Inputs are strict: a field has exactly its JSON type (no ``"3"`` for 3, no ``true`` for 1, no
+``3.0`` for an id), numbers are finite and bounded, strings and lists have a maximum length, and
+unknown fields are refused so that a client's typo fails loudly instead of being ignored.
+Serializers only validate and shape data; services do the writing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from django.core.validators import RegexValidator
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from worker_client import protocol
+
+MAX_RESULTS_PER_REQUEST = 32
+MAX_IDS_PER_LIST = 1000
+MAX_DATASETS = 100
+MAX_OUTPUT_BYTES = 1_000_000  # one result's output, as compact JSON
+MAX_OUTPUT_DEPTH = 32
+MAX_TASK_SECONDS = 1e8  # cpu/wall time of one task: about three years
+MAX_WORK_SECONDS = 28 * 86_400.0  # BOINC's MAX_REQ_SECS
+MAX_FREE_SLOTS = 256
+MAX_ID = 2**63 - 1
+MAX_ERROR_LENGTH = 4000
+REASONS = [protocol.REASON_NO_WORK, protocol.REASON_QUOTA, protocol.REASON_CLIENT_TOO_OLD,
+           protocol.REASON_HOST_RETIRED, protocol.REASON_TOO_SLOW, protocol.REASON_NOT_ASKED]
+
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+sha256_validator = RegexValidator(r"^[0-9a-f]{64}\Z", "Expected a sha256: 64 lowercase hex digits.")
+
+
+# --- strict fields -----------------------------------------------------------------------------
+
+
+class StrictCharField(serializers.CharField):
+    """A JSON string, never a number or boolean turned into one."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictChoiceField(serializers.ChoiceField):
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("invalid_choice", input=str(data)[:50])
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer: not a string, a boolean or a float (even ``3.0``)."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictFloatField(serializers.FloatField):
+    """A finite JSON number (an integer is fine); ``1e400`` parses to infinity and is refused."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+def IdField(**kwargs: Any) -> StrictIntegerField:
+    return StrictIntegerField(min_value=1, max_value=MAX_ID, **kwargs)
+
+
+def Sha256Field(**kwargs: Any) -> StrictCharField:
+    return StrictCharField(min_length=64, max_length=64, validators=[sha256_validator], **kwargs)
+
+
+@extend_schema_field(OpenApiTypes.OBJECT)
+class BoundedJSONObjectField(serializers.Field):
+    """A JSON object of bounded size and depth whose numbers are all finite."""
+
+    default_error_messages = {
+        "not_an_object": "Expected a JSON object.",
+        "too_deep": f"Nested deeper than {MAX_OUTPUT_DEPTH} levels.",
+        "not_finite": "Numbers must be finite (no NaN or Infinity).",
+        "null_character": "Strings may not contain NUL characters.",
+        "too_large": f"Larger than {MAX_OUTPUT_BYTES:,} bytes as JSON.",
+    }
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            self.fail("not_an_object")
+        stack: list[tuple[Any, int]] = [(data, 1)]
+        while stack:  # iterative: a deep document must not exhaust the Python stack
+            value, depth = stack.pop()
+            if isinstance(value, dict | list):
+                if depth > MAX_OUTPUT_DEPTH:
+                    self.fail("too_deep")
+                if isinstance(value, dict):
+                    if any("\x00" in key for key in value):
+                        self.fail("null_character")
+                    children = value.values()
+                else:
+                    children = value
+                stack.extend((child, depth + 1) for child in children)
+            elif isinstance(value, float) and not math.isfinite(value):
+                self.fail("not_finite")
+            elif isinstance(value, str) and "\x00" in value:
+                self.fail("null_character")  # PostgreSQL's jsonb cannot store one
+        if len(json.dumps(data, separators=(",", ":"))) > MAX_OUTPUT_BYTES:
+            self.fail("too_large")
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know, naming them."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            unknown = sorted(str(key)[:50] for key in data if key not in self.fields)
+            if unknown:
+                raise serializers.ValidationError(
+                    {key: ["Unknown field."] for key in unknown[:10]})
+        return super().to_internal_value(data)
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+class HostInfoSerializer(StrictSerializer):
+    """``protocol.HostInfo``."""
+
+    name = StrictCharField(min_length=1, max_length=100)
+    os = StrictCharField(max_length=50, allow_blank=True)
+    arch = StrictCharField(max_length=30, allow_blank=True)
+    python_version = StrictCharField(max_length=30, allow_blank=True)
+    numba_version = StrictCharField(max_length=30, allow_blank=True)
+    cpu_count = StrictIntegerField(min_value=1, max_value=4096)
+    memory_mb = StrictIntegerField(min_value=0, max_value=2**31 - 1)
+    client_version = StrictCharField(max_length=30, allow_blank=True)
+    speed = StrictFloatField(min_value=0.0, max_value=1e15, required=False, default=0.0,
+                             help_text="measured candle-evaluations per second; 0 if unknown")
+
+
+class AttachSerializer(StrictSerializer):
+    account_key = StrictCharField(min_length=1, max_length=200, trim_whitespace=True)
+    host = HostInfoSerializer()
+
+
+class ReportedResultSerializer(StrictSerializer):
+    """``protocol.ReportedResult``: ``output`` is the engine's ``EpochResult.to_dict()``."""
+
+    result_id = IdField()
+    status = StrictChoiceField(choices=["success", "error"])
+    output = BoundedJSONObjectField(required=False, allow_null=True, default=None)
+    error = StrictCharField(max_length=MAX_ERROR_LENGTH, required=False, allow_blank=True,
+                            default="", trim_whitespace=False)
+    cpu_time = StrictFloatField(min_value=0.0, max_value=MAX_TASK_SECONDS, required=False,
+                                default=0.0)
+    wall_time = StrictFloatField(min_value=0.0, max_value=MAX_TASK_SECONDS, required=False,
+                                 default=0.0)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["status"] == "success":
+            output = attrs.get("output")
+            if output is None:
+                raise serializers.ValidationError({"output": ["Required when status is success."]})
+            digest = output.get("digest")
+            if not isinstance(digest, str) or not SHA256_RE.fullmatch(digest):
+                raise serializers.ValidationError(
+                    {"output": ["Needs a digest: a sha256, 64 lowercase hex digits."]})
+        else:
+            attrs["output"] = None  # an error carries no answer to keep
+        return attrs
+
+
+class SchedulerRequestSerializer(StrictSerializer):
+    """``protocol.SchedulerRequest``."""
+
+    protocol = StrictIntegerField(min_value=1, max_value=1000, required=False,
+                                  default=protocol.PROTOCOL_VERSION)
+    results = ReportedResultSerializer(many=True, required=False, default=list,
+                                       max_length=MAX_RESULTS_PER_REQUEST)
+    acks = serializers.ListField(child=IdField(), required=False, default=list,
+                                 max_length=MAX_IDS_PER_LIST)
+    in_progress = serializers.ListField(child=IdField(), required=False, default=list,
+                                        max_length=MAX_IDS_PER_LIST)
+    free_slots = StrictIntegerField(min_value=0, max_value=MAX_FREE_SLOTS, required=False,
+                                    default=0)
+    work_seconds = StrictFloatField(min_value=0.0, max_value=MAX_WORK_SECONDS, required=False,
+                                    default=0.0)
+    datasets = serializers.ListField(child=Sha256Field(), required=False, default=list,
+                                     max_length=MAX_DATASETS)
+
+    def validate_protocol(self, value: int) -> int:
+        if value != protocol.PROTOCOL_VERSION:
+            raise serializers.ValidationError(
+                f"This portal speaks protocol {protocol.PROTOCOL_VERSION}, not {value}. "
+                f"Install the matching worker: pipx upgrade {protocol.CLIENT_NAME}")
+        return value
+
+
+# --- outputs -----------------------------------------------------------------------------------
+
+
+class AttachReplySerializer(serializers.Serializer):
+    host_id = serializers.IntegerField()
+    token = serializers.CharField(help_text="shown once: send it as `Authorization: Token …`")
+
+
+class HostReplySerializer(serializers.Serializer):
+    host_id = serializers.IntegerField()
+
+
+class TaskSerializer(serializers.Serializer):
+    """``protocol.Task``."""
+
+    result_id = serializers.IntegerField()
+    name = serializers.CharField()
+    payload = serializers.JSONField(help_text="the island epoch to run")
+    dataset_sha256 = serializers.CharField()
+    dataset_url = serializers.CharField()
+    dataset_size = serializers.IntegerField()
+    deadline = serializers.CharField(help_text="ISO 8601, UTC")
+    credit = serializers.FloatField(help_text="granted if the result is validated")
+    cost = serializers.IntegerField(help_text="candle-evaluations, an upper bound")
+
+
+class RejectedResultSerializer(serializers.Serializer):
+    result_id = serializers.IntegerField()
+    reason = serializers.CharField()
+
+
+class SchedulerReplySerializer(serializers.Serializer):
+    """``protocol.SchedulerReply``."""
+
+    tasks = TaskSerializer(many=True)
+    accepted = serializers.ListField(child=serializers.IntegerField(),
+                                     help_text="stored: delete them locally")
+    rejected = RejectedResultSerializer(many=True, help_text="never report these again")
+    abort = serializers.ListField(child=serializers.IntegerField(),
+                                  help_text="tasks in progress here that are no longer needed")
+    request_delay = serializers.FloatField(help_text="seconds to wait before the next call")
+    reason = serializers.ChoiceField(choices=REASONS, allow_null=True,
+                                     help_text="why no task was sent; null when tasks were sent")
+    message = serializers.CharField(allow_blank=True)
+
+
+class ErrorBodySerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    detail = serializers.DictField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one error shape of every endpoint (``portal.api``)."""
+
+    error = ErrorBodySerializer()

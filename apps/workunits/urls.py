@@ -1,0 +1,17 @@
+"""The worker API, mounted at ``/api/v1/`` by ``portal.urls``."""
+
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView
+
+from . import apis
+
+app_name = "api"
+
+urlpatterns = [
+    path("attach/", apis.AttachApi.as_view(), name="attach"),
+    path("host/", apis.HostApi.as_view(), name="host"),
+    path("scheduler/", apis.SchedulerApi.as_view(), name="scheduler"),
+    path("datasets/<str:sha256>/", apis.DatasetDownloadApi.as_view(), name="dataset"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", apis.api_docs, name="docs"),
+]

@@ -1,0 +1,111 @@
+"""Credit: a pure amount per work unit, one ledger row per valid replica, BOINC's RAC."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db.models import Sum
+
+from apps.accounts.models import Host, Team, Volunteer
+from apps.credit.models import CreditGrant
+from apps.credit.services import credit_for_cost, credit_grant, rac_decayed, rac_update
+from apps.workunits.models import Result
+from apps.workunits.states import Outcome, ServerState, ValidateState
+from tests.factories import make_host, make_volunteer, make_workunit
+
+pytestmark = pytest.mark.django_db
+
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
+DAY = 86_400.0
+HALF_LIFE = 7 * DAY
+
+
+@pytest.fixture(autouse=True)
+def _fast(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def boinc_update_average(avg, avg_time, work, work_start_time, now):
+    """lib/util.cpp update_average, transcribed with times as seconds (independent of ours)."""
+    if avg_time:
+        diff = max(now - avg_time, 0)
+        diff_days = diff / DAY
+        weight = math.exp(-diff * math.log(2) / HALF_LIFE)
+        avg *= weight
+        if 1.0 - weight > 1e-6:
+            avg += (1 - weight) * (work / diff_days)
+        else:
+            avg += math.log(2) * work * DAY / HALF_LIFE
+    elif work:
+        avg = work / ((now - work_start_time) / DAY)
+    return avg
+
+
+def valid_result(host: Host, credit: float, *, sent: datetime) -> Result:
+    wu = make_workunit(credit=credit)
+    result = Result.objects.filter(workunit=wu).first()
+    Result.objects.filter(pk=result.pk).update(
+        host=host, volunteer=host.volunteer, server_state=ServerState.OVER,
+        outcome=Outcome.SUCCESS, validate_state=ValidateState.VALID, granted_credit=credit,
+        sent_time=sent, received_time=sent)
+    return Result.objects.get(pk=result.pk)
+
+
+def test_credit_is_a_pure_function_of_cost():
+    assert credit_for_cost(0) == 0
+    assert credit_for_cost(25_000_000) == pytest.approx(2.5)
+    assert credit_for_cost(10) * 2 == credit_for_cost(20)
+    with pytest.raises(ValueError):
+        credit_for_cost(-1)
+
+
+def test_rac_follows_boincs_update_average():
+    ts = T0.timestamp()
+    steps = [(0, 5.0, -3600), (3 * DAY, 2.0, 3 * DAY - 600), (3 * DAY + 0.001, 1.0, 0),
+             (20 * DAY, 7.5, 19 * DAY)]
+    avg, avg_time = 0.0, None
+    expected, expected_time = 0.0, 0.0
+    for at, work, start in steps:
+        now = T0 + timedelta(seconds=at)
+        avg = rac_update(avg=avg, avg_time=avg_time, work=work,
+                         work_start=T0 + timedelta(seconds=start), now=now)
+        avg_time = now
+        expected = boinc_update_average(expected, expected_time, work, ts + start, ts + at)
+        expected_time = ts + at
+        assert avg == pytest.approx(expected, rel=1e-12)
+    # A week later with no work, the average has halved.
+    assert rac_decayed(avg=avg, avg_time=avg_time, now=avg_time + timedelta(days=7)) == (
+        pytest.approx(avg / 2))
+
+
+def test_grant_moves_totals_and_rac_of_volunteer_team_and_host_once():
+    team = Team.objects.create(name="crunchers")
+    host = make_host(volunteer=make_volunteer(team=team))
+    first = valid_result(host, 2.0, sent=T0 - timedelta(hours=12))
+    grant = credit_grant(result=first, now=T0)
+    assert grant is not None and grant.amount == 2.0 and grant.team == team
+    assert credit_grant(result=first, now=T0 + timedelta(hours=1)) is None  # once
+    second = valid_result(host, 3.0, sent=T0)
+    credit_grant(result=second, now=T0 + timedelta(days=2))
+    expected_rac = boinc_update_average(2.0 / 0.5, T0.timestamp(), 3.0, T0.timestamp(),
+                                        T0.timestamp() + 2 * DAY)
+    for holder in (Volunteer.objects.get(pk=host.volunteer_id), Team.objects.get(pk=team.pk),
+                   Host.objects.get(pk=host.pk)):
+        assert holder.total_credit == 5.0
+        assert holder.rac == pytest.approx(expected_rac)
+        assert holder.rac_time == T0 + timedelta(days=2)
+    assert CreditGrant.objects.count() == 2
+    assert CreditGrant.objects.aggregate(s=Sum("amount"))["s"] == 5.0
+
+
+def test_only_valid_successes_earn_credit():
+    host = make_host()
+    result = valid_result(host, 1.0, sent=T0)
+    Result.objects.filter(pk=result.pk).update(validate_state=ValidateState.INVALID)
+    result.refresh_from_db()
+    with pytest.raises(ValueError):
+        credit_grant(result=result, now=T0)
+    assert not CreditGrant.objects.exists()
