@@ -161,6 +161,12 @@ class Result(TimestampedModel):
                                                          default=FileDeleteState.INIT)
 
     class Meta:
+        constraints = [
+            # BOINC's "one result per user per work unit", held by the database itself.
+            models.UniqueConstraint(fields=["workunit", "volunteer"],
+                                    condition=Q(volunteer__isnull=False),
+                                    name="result_one_per_volunteer"),
+        ]
         indexes = [
             # The claim scans unsent replicas only; a plain index on server_state is not used
             # once most rows are over (see shared/reference/ecosystem.md).
