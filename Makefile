@@ -4,13 +4,15 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install test lint bench bench-quick demo clean
+.PHONY: help install test lint bench bench-quick bench-scheduler demo engine-demo clean
 
 help:
 	@echo "make demo         set up and run the demo"
 	@echo "make test         set up and run the whole test suite"
 	@echo "make bench        engine benchmark against vectorbt, backtesting.py and a numba loop"
 	@echo "make bench-quick  the same, reduced (under a minute)"
+	@echo "make bench-scheduler  tasks dispatched and reported per second (PostgreSQL, gunicorn)"
+	@echo "make engine-demo  a local island search, no portal"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed, found " + sys.version.split()[0])'
@@ -35,7 +37,13 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) bench/engine.py --quick
 
+bench-scheduler: $(STAMP)
+	$(PY) bench/scheduler.py
+
 demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+engine-demo: $(STAMP)
 	$(PY) -m worker_client.engine.demo
 
 clean:

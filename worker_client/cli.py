@@ -1,0 +1,135 @@
+"""``strategy-worker``: attach this computer to a Strategy@Home portal and run its tasks.
+
+``main`` only parses arguments and calls one use case from :mod:`worker_client.runner`. Errors
+the client expects (:class:`~worker_client.exceptions.WorkerError`) print one line and exit
+non-zero; ``--debug`` adds the traceback and debug logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from . import __version__
+from .exceptions import (
+    AuthError,
+    ClientTooOld,
+    ConfigError,
+    ServerUnavailable,
+    WorkerError,
+)
+
+ACCOUNT_KEY_ENV = "STRATEGY_WORKER_ACCOUNT_KEY"
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # any other WorkerError
+EXIT_USAGE = 2  # argparse's own code
+EXIT_CONFIG = 3
+EXIT_UNAVAILABLE = 4
+EXIT_AUTH = 5
+EXIT_TOO_OLD = 6
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="strategy-worker",
+        description="Lend this computer to a Strategy@Home portal: it backtests and evolves "
+                    "trading strategies and reports them for credit.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="debug logging, and tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    attach = commands.add_parser(
+        "attach", help="register this computer under your account",
+        description="Register this computer with the portal. The account key is used once and "
+                    "not stored; the host token the portal returns is saved in the config dir.")
+    attach.add_argument("--server", required=True, help="the portal's URL, e.g. "
+                                                         "https://strategy.example.org")
+    attach.add_argument("--account-key", default=os.environ.get(ACCOUNT_KEY_ENV),
+                        help=f"your account key, from the portal's account page (or set "
+                             f"{ACCOUNT_KEY_ENV})")
+    attach.add_argument("--name", help="this computer's name on the portal (default: hostname)")
+
+    run = commands.add_parser("run", help="ask for tasks, run them and report, until stopped",
+                              description="Run tasks until Ctrl-C / SIGTERM (which finish "
+                                          "cleanly), or until a stop option below is met.")
+    run.add_argument("--max-tasks", type=_positive_int, metavar="N",
+                     help="stop after N tasks have run and their results were acknowledged")
+    run.add_argument("--exit-when-idle", type=_non_negative_float, metavar="SECONDS",
+                     help="stop after SECONDS without a task (no work, or portal unreachable)")
+    run.add_argument("--threads", type=_positive_int, default=1,
+                     help="CPU threads one task may use (default 1)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stderr)
+    if not args.debug:
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
+        logging.getLogger("numba").setLevel(logging.WARNING)
+    from . import runner  # after parsing: --help stays fast
+
+    try:
+        if args.command == "attach":
+            if not args.account_key:
+                parser.error(f"attach needs --account-key (or {ACCOUNT_KEY_ENV})")
+            config = runner.attach(server=args.server, account_key=args.account_key,
+                                   name=args.name)
+            print(f"Attached to {config.server} as host {config.host_id} ({config.name}). "
+                  "Start computing with: strategy-worker run")
+            return EXIT_OK
+        summary = runner.run(options=runner.RunOptions(
+            max_tasks=args.max_tasks, exit_when_idle=args.exit_when_idle,
+            threads=args.threads))
+        print(f"Stopped: {summary.tasks_run} task(s) run, {summary.results_accepted} result(s) "
+              f"accepted by the portal.")
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("strategy-worker: aborted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except WorkerError as exc:
+        if args.debug:
+            traceback.print_exc()
+        hint = ""
+        if isinstance(exc, AuthError) and not isinstance(exc, ClientTooOld):
+            hint = ("; check the account key on your account page" if args.command == "attach"
+                    else "; attach this computer again: strategy-worker attach --server URL "
+                         "--account-key KEY")
+        print(f"strategy-worker: error: {exc}{hint}", file=sys.stderr)
+        return _exit_code(exc)
+
+
+def _exit_code(exc: WorkerError) -> int:
+    for kind, code in ((ClientTooOld, EXIT_TOO_OLD), (AuthError, EXIT_AUTH),
+                       (ServerUnavailable, EXIT_UNAVAILABLE), (ConfigError, EXIT_CONFIG)):
+        if isinstance(exc, kind):
+            return code
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
