@@ -240,6 +240,10 @@ Q_CLUSTER = {
 RESULT_GRACE_SECONDS = env_int("RESULT_GRACE_SECONDS", default=300, minimum=0)
 # A task sent but never acknowledged (the reply was lost) is re-sent after this long.
 GHOST_TIMEOUT_SECONDS = env_int("GHOST_TIMEOUT_SECONDS", default=600, minimum=1)
+# Seconds a host waits before its next scheduler call (request_delay): after tasks were sent,
+# and when there was no work. The demo shortens them; at scale they bound the request rate.
+SCHEDULER_REQUEST_DELAY = env_int("SCHEDULER_REQUEST_DELAY", default=5, minimum=0)
+SCHEDULER_NO_WORK_DELAY = env_int("SCHEDULER_NO_WORK_DELAY", default=60, minimum=0)
 DAILY_RESULT_QUOTA = env_int("DAILY_RESULT_QUOTA", default=100, minimum=1)  # cap per host
 FILE_DELETE_DELAY_SECONDS = env_int("FILE_DELETE_DELAY_SECONDS", default=86_400, minimum=0)
 MIN_CLIENT_VERSION = _env("MIN_CLIENT_VERSION") or "0.1.0"

@@ -149,6 +149,9 @@ def environment() -> dict[str, str]:
         "DJANGO_DEBUG": "1",  # a local demo: development secret, static files served directly
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "PYTHONUNBUFFERED": "1",
+        # Two workers on one machine: ask again after a second, not after the default five.
+        "SCHEDULER_REQUEST_DELAY": "1",
+        "SCHEDULER_NO_WORK_DELAY": "2",
     })
     env.pop("DJANGO_SECRET_KEY", None)
     env.pop("REDIS_URL", None)  # the ORM broker: nothing else to start

@@ -47,9 +47,17 @@ UPGRADE_COMMAND = f"pipx upgrade {protocol.CLIENT_NAME}"
 TRUST_AFTER_CONSECUTIVE_VALID = 10
 
 # request_delay, seconds: how long the host waits before its next call.
-DELAY_SOON = 5.0  # tasks sent, or nothing asked for: come back when there is something to say
-DELAY_NO_WORK = 60.0
 DELAY_INFEASIBLE = 600.0
+
+
+def _delay_soon() -> float:
+    """Tasks sent, or nothing asked for: come back when there is something to say."""
+    return float(settings.SCHEDULER_REQUEST_DELAY)
+
+
+def _delay_no_work() -> float:
+    return float(settings.SCHEDULER_NO_WORK_DELAY)
+
 DELAY_CLIENT_TOO_OLD = 3600.0
 DELAY_HOST_RETIRED = 86_400.0
 
@@ -312,11 +320,11 @@ def _send_work(*, host: Host, request: dict[str, Any], client_version: str, now:
         return _refusal(protocol.REASON_QUOTA,
                         f"This host's daily quota of {host.max_results_day} tasks is reached; "
                         "more after midnight UTC.",
-                        max((midnight - now).total_seconds(), DELAY_NO_WORK))
+                        max((midnight - now).total_seconds(), _delay_no_work()))
     free_slots = int(request.get("free_slots", 0))
     work_seconds = float(request.get("work_seconds", 0.0))
     if free_slots <= 0 or work_seconds <= 0:
-        return _refusal(protocol.REASON_NOT_ASKED, "No work was asked for.", DELAY_SOON)
+        return _refusal(protocol.REASON_NOT_ASKED, "No work was asked for.", _delay_soon())
 
     limit = min(free_slots, quota_left, MAX_TASKS_PER_REQUEST)
     claimed = _claim(host=host, limit=limit, work_seconds=work_seconds,
@@ -328,14 +336,14 @@ def _send_work(*, host: Host, request: dict[str, Any], client_version: str, now:
                 "There is work, but none this host could finish before its deadline at its "
                 f"measured speed ({host.speed:,.0f} candle-evaluations/s).", DELAY_INFEASIBLE)
         return _refusal(protocol.REASON_NO_WORK, "No work is available right now.",
-                        DELAY_NO_WORK)
+                        _delay_no_work())
 
     host.results_today += len(claimed)
     for row in claimed:
         _maybe_trust_alone(host, row, now, rng)
     tasks = [_task(row, now, url_base) for row in claimed]
     plural = "s" if len(tasks) != 1 else ""
-    return tasks, None, f"Sent {len(tasks)} task{plural}.", DELAY_SOON
+    return tasks, None, f"Sent {len(tasks)} task{plural}.", _delay_soon()
 
 
 def _candidates(host: Host, *, feasible_only: bool = True, datasets: Sequence[str] = (),

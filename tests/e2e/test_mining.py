@@ -23,7 +23,6 @@ from django.db.models import Count, Sum
 
 from apps.accounts.models import Host, Volunteer
 from apps.credit.models import CreditGrant
-from apps.workunits import scheduler
 from apps.workunits.campaigns import campaign_start
 from apps.workunits.marketdata import dataset_create_synthetic
 from apps.workunits.models import Campaign, Result, Strategy, WorkUnit
@@ -52,9 +51,9 @@ def daemons_inline(monkeypatch):
 
 
 @pytest.fixture
-def quick_delays(monkeypatch):
-    monkeypatch.setattr(scheduler, "DELAY_SOON", 0.2)
-    monkeypatch.setattr(scheduler, "DELAY_NO_WORK", 0.5)
+def quick_delays(settings):
+    settings.SCHEDULER_REQUEST_DELAY = 0.2
+    settings.SCHEDULER_NO_WORK_DELAY = 0.5
 
 
 @pytest.fixture

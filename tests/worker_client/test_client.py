@@ -21,7 +21,6 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from apps.workunits import scheduler
 from apps.workunits.campaigns import campaign_start
 from apps.workunits.marketdata import dataset_create_synthetic
 from apps.workunits.models import Result
@@ -55,10 +54,10 @@ def paths(tmp_path) -> WorkerPaths:
 
 
 @pytest.fixture
-def quick_delays(monkeypatch):
+def quick_delays(settings):
     """The portal's request_delay values, shortened so a test need not wait minutes."""
-    monkeypatch.setattr(scheduler, "DELAY_SOON", 0.1)
-    monkeypatch.setattr(scheduler, "DELAY_NO_WORK", 0.2)
+    settings.SCHEDULER_REQUEST_DELAY = 0.1
+    settings.SCHEDULER_NO_WORK_DELAY = 0.2
 
 
 @pytest.fixture

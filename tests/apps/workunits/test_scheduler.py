@@ -64,14 +64,14 @@ def send(result, host, now=NOW):
 # --- claiming ----------------------------------------------------------------------------------
 
 
-def test_a_claim_sends_one_task_and_marks_the_replica_in_progress():
+def test_a_claim_sends_one_task_and_marks_the_replica_in_progress(settings):
     workunit = make_workunit(delay_bound=600, cost=5_000, credit=2.5)
     host = make_host()
 
     reply = ask(host, free_slots=1)
 
     assert reply["reason"] is None
-    assert reply["request_delay"] == scheduler_module.DELAY_SOON
+    assert reply["request_delay"] == settings.SCHEDULER_REQUEST_DELAY
     [task] = reply["tasks"]
     protocol.SchedulerReply.from_dict(reply)  # speaks the wire contract
     replica = Result.objects.get(pk=task["result_id"])
@@ -185,14 +185,14 @@ def test_deadline_infeasible_when_work_exists_but_none_fits():
     assert len(unmeasured["tasks"]) == 1
 
 
-def test_no_work_when_nothing_is_unsent_or_the_campaign_is_not_active():
+def test_no_work_when_nothing_is_unsent_or_the_campaign_is_not_active(settings):
     make_workunit(campaign=make_campaign(state=CampaignState.PAUSED))
 
     reply = ask(make_host())
 
     assert reply["tasks"] == []
     assert reply["reason"] == protocol.REASON_NO_WORK
-    assert reply["request_delay"] == scheduler_module.DELAY_NO_WORK
+    assert reply["request_delay"] == settings.SCHEDULER_NO_WORK_DELAY
 
 
 def test_work_units_already_decided_are_not_sent():
