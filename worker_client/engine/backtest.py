@@ -8,7 +8,8 @@ Conventions (the conformance tests pin them against backtesting.py and vectorbt)
   moves every fill against the trader by a fraction of the price.
 * **Sizing**: a position commits ``size`` × equity, fees included:
   ``units = equity · size / (fill · (1 + fee))``, in fractional units; an order of less than
-  1e-8 units is skipped (vectorbt's ``min_size``, one satoshi).
+  1e-8 units is skipped (vectorbt's ``min_size``, one satoshi, compared as vectorbt does with
+  an absolute tolerance of 1e-12 units).
 * **Stops** are checked against each bar's high and low while a position is open, from the bar
   it was entered on. Levels are fixed before the bar starts (the trailing stop follows the
   highest high — lowest low for shorts — of the *previous* bars), and when the stop-loss (or
@@ -173,14 +174,17 @@ def _simulate(open_, high, low, close, table, ops, a, b, v, p, direction, stop_l
         """(signed units, cash left, entry fill) after opening ``side`` at ``price``.
 
         No position (0 units) when the order would be under the minimum of 1e-8 units
-        (``MIN_UNITS``), which also covers an account with nothing left.
+        (``MIN_UNITS``, less vectorbt's 1e-12 tolerance), which also covers an account with
+        nothing left.
         """
+        committed = cash * size  # fee included
         fill = price * (1.0 + slippage) if side > 0 else price * (1.0 - slippage)
-        units = cash * size / (fill * (1.0 + fee))
-        if units < 1e-8:
+        units = committed / (fill * (1.0 + fee))
+        if 1e-8 - units > 1e-12:
             return 0.0, cash, 0.0
-        q = units if side > 0 else -units
-        return q, cash - (q * fill + units * fill * fee), fill
+        if side > 0:  # paid exactly what was committed: all-in leaves exactly 0, no residue
+            return units, cash - committed, fill
+        return -units, cash + units * fill * (1.0 - fee), fill  # short: proceeds less the fee
 
     has_stops = stop_loss > 0.0 or take_profit > 0.0 or trailing > 0.0
     cash = initial_cash
