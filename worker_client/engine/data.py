@@ -13,7 +13,8 @@ class DataError(ValueError):
     """The candles cannot be used as given (shape, order, NaN, high < low …)."""
 
 
-def _as_f64(name: str, values: object) -> np.ndarray:
+def as_float_series(name: str, values: object) -> np.ndarray:
+    """``values`` as a contiguous, writable, one-dimensional float64 array (what kernels take)."""
     array = np.ascontiguousarray(values, dtype=np.float64)
     if array.ndim != 1:
         raise DataError(f"{name} must be one-dimensional, got shape {array.shape}")
@@ -47,9 +48,9 @@ class OHLCV:
     ) -> OHLCV:
         """Validate and convert; raises :class:`DataError` naming the first bad bar."""
         ts = np.ascontiguousarray(timestamp, dtype=np.int64)
-        o, h, lo, c = (_as_f64(n, v) for n, v in
+        o, h, lo, c = (as_float_series(n, v) for n, v in
                        (("open", open), ("high", high), ("low", low), ("close", close)))
-        v = np.zeros_like(c) if volume is None else _as_f64("volume", volume)
+        v = np.zeros_like(c) if volume is None else as_float_series("volume", volume)
         n = len(c)
         for name, arr in (("timestamp", ts), ("open", o), ("high", h), ("low", lo), ("volume", v)):
             if len(arr) != n:

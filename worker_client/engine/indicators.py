@@ -25,21 +25,11 @@ import numbers
 import numpy as np
 
 from worker_client.engine._jit import njit
+from worker_client.engine.data import as_float_series as _as_series
 
 # --------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------
-
-
-def _as_series(name: str, values: object) -> np.ndarray:
-    array = np.ascontiguousarray(values, dtype=np.float64)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
-    # numba compiles (and caches) a second specialisation for read-only arrays, such as the
-    # views pandas 3 hands out; a copy is cheaper than that compilation.
-    if not array.flags.writeable:
-        array = array.copy()
-    return array
 
 
 def _as_same_length(**series: object) -> list[np.ndarray]:
