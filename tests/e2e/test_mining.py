@@ -35,15 +35,6 @@ MINING_TIMEOUT = 240.0  # seconds; the campaign takes well under a minute
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def _fresh_throttles():
-    from django.core.cache import cache
-
-    cache.clear()
-    yield
-    cache.clear()
-
-
 @pytest.fixture
 def daemons_inline(monkeypatch):
     """django-q2 in sync mode: enqueued daemon passes run at once, in the enqueuing thread."""

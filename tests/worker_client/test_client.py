@@ -36,16 +36,6 @@ FAST_RETRY = RetryPolicy(attempts=4, base=0.01, cap=0.04)
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_throttles():
-    # Throttle counts live in the cache, which outlives a test in this process.
-    from django.core.cache import cache
-
-    cache.clear()
-    yield
-    cache.clear()
-
-
 @pytest.fixture
 def paths(tmp_path) -> WorkerPaths:
     paths = WorkerPaths.default({HOME_ENV: str(tmp_path / "worker")})

@@ -8,7 +8,6 @@ import json
 from datetime import timedelta
 
 import pytest
-from django.core.cache import cache
 from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -34,9 +33,6 @@ HOST_INFO = {"name": "rig", "os": "Linux", "arch": "x86_64", "python_version": "
 def isolated(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path
     settings.MIN_CLIENT_VERSION = "0.1.0"
-    cache.clear()  # throttle counts live in the cache
-    yield
-    cache.clear()
 
 
 def worker(host: Host | None = None, version: str = "0.1.0") -> APIClient:
