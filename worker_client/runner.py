@@ -424,6 +424,7 @@ class Runner:
             raise TaskError(f"task {task.result_id} has a payload this engine cannot use: "
                             f"{exc}") from None
         data = self._dataset(task)
+        self._heartbeat(task)  # a long download must not leave the task unacknowledged
         if not 0 <= start < stop <= len(data):
             raise TaskError(f"bar range [{start}, {stop}) is outside the data set's "
                             f"{len(data)} bars")

@@ -105,10 +105,13 @@ def _count(results: list[Result]) -> _Counts:
     return c
 
 
-def _result_move(r: Result, *, now: datetime, **changes) -> None:
-    """Move one replica from the states we read to ``changes`` (conditional, checked)."""
+def _result_move(r: Result, *, now: datetime, where: dict | None = None, **changes) -> None:
+    """Move one replica from the states we read to ``changes`` (conditional, checked).
+
+    ``where`` adds conditions the row must still meet (e.g. still unacknowledged).
+    """
     checked_update(Result.objects.filter(pk=r.pk, server_state=r.server_state, outcome=r.outcome,
-                                         validate_state=r.validate_state),
+                                         validate_state=r.validate_state, **(where or {})),
                    updated_at=now, **changes)
     for name, value in changes.items():
         setattr(r, name, value)
@@ -135,7 +138,10 @@ def _transition_one(wu_id: int, *, now: datetime, skip_locked: bool, only_due: b
             ghost = (r.acked_time is None and r.sent_time is not None
                      and r.sent_time <= ghost_limit)
             if late or ghost:
-                _result_move(r, now=now, server_state=ServerState.OVER, outcome=Outcome.NO_REPLY)
+                # An ack may commit after we read the row (the scheduler does not lock the
+                # work unit): a ghost must still be unacknowledged when it is timed out.
+                _result_move(r, now=now, where=None if late else {"acked_time__isnull": True},
+                             server_state=ServerState.OVER, outcome=Outcome.NO_REPLY)
                 penalized.append(r.host_id)
         # Hosts in id order: the lock order the validator keeps too.
         for host_id in sorted(h for h in penalized if h is not None):

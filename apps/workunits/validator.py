@@ -60,7 +60,6 @@ logger = logging.getLogger(__name__)
 
 RTOL = 1e-9  # claimed against recomputed metrics; identical engines agree to the last bit
 ATOL = 1e-12  # for figures that are (nearly) zero
-RECHECK_POPULATION = 3  # best genomes of the final population re-run besides the top list
 _INT_METRICS = frozenset({"n_trades", "n_returns"})
 
 
@@ -81,6 +80,8 @@ def _claim_matches(claimed: Any, actual: float, *, integer: bool = False) -> boo
         return not math.isfinite(actual)
     if isinstance(claimed, bool) or not isinstance(claimed, int | float):
         return False
+    if isinstance(claimed, int) and abs(claimed) > 2**53:
+        return False  # no figure is that large, and math.isclose would overflow on it
     if integer:
         return isinstance(claimed, int) and math.isfinite(actual) and claimed == int(actual)
     return math.isfinite(actual) and math.isclose(claimed, actual, rel_tol=RTOL, abs_tol=ATOL)
@@ -145,10 +146,10 @@ def output_recheck(*, workunit: WorkUnit, output: Any, digest: str = "",
     if len({g.hash for g, _ in top}) != len(top):
         raise Rejected("the top list repeats a genome")
 
-    # Re-run the claimed top genomes and the best of the final population.
+    # Re-run the claimed top genomes and the whole final population: it seeds the island's
+    # next epoch and the neighbour's migrants, so none of it may be taken on trust.
     top_hashes = {g.hash for g, _ in top}
-    extra = [g for g in dict.fromkeys(population[:RECHECK_POPULATION])
-             if g.hash not in top_hashes]
+    extra = [g for g in dict.fromkeys(population) if g.hash not in top_hashes]
     genomes = [g for g, _ in top] + extra
     if data is None:
         data = load_dataset(workunit.campaign.dataset).slice(payload["start"], payload["stop"])
@@ -183,6 +184,11 @@ def output_recheck(*, workunit: WorkUnit, output: Any, digest: str = "",
             if (-float(fitness[len(top) + j]), genome.hash) < ranks[-1]:
                 raise Rejected(f"{genome.hash[:12]} of the final population ranks above the "
                                "top list it is missing from")
+    # The final population comes ranked best first, as the engine ranks it.
+    fitness_by_hash = {g.hash: float(f) for g, f in zip(genomes, fitness, strict=True)}
+    population_ranks = [(-fitness_by_hash[g.hash], g.hash) for g in population]
+    if population_ranks != sorted(population_ranks):
+        raise Rejected("the final population is not in rank order")
     # The digest over the server's own figures: agreement on it is agreement on the answer.
     if claimed_digest != result_digest(
             population_hashes=[g.hash for g in population],
@@ -208,6 +214,11 @@ class _Checker:
             return exc
         except (EpochError, SpaceError) as exc:  # the work unit's own payload: our fault
             raise RuntimeError(f"work unit {self.wu.pk} has an unusable payload: {exc}") from exc
+        except (ArithmeticError, TypeError, ValueError, KeyError) as exc:
+            # Anything else the reported output makes the re-check trip over is the output's
+            # fault: judging it malformed keeps one bad replica from holding up the queue.
+            return Rejected(f"the output cannot be checked: {type(exc).__name__}: {exc}",
+                            malformed=True)
         return None
 
 
