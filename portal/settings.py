@@ -191,7 +191,7 @@ CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
     if REDIS_URL else
     # Throttle counts must be shared by every portal process: the database cache is.
-    {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "cache_table"}
+    {"BACKEND": "portal.cache.DatabaseCache", "LOCATION": "cache_table"}
     if not TESTING else
     {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
 }

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -113,10 +113,11 @@ def scheduler_request(*, host: Host, request: dict[str, Any], client_version: st
 
         accepted, rejected, touched = _record_reports(host, reports, rows, client_version, now)
         touched |= _release_aborted(host, abort, rows, now)
-        _record_acks(host, request.get("acks", []), now)
+        # A result stored by this request is over: acking it too could change nothing.
+        _record_acks(host, set(request.get("acks", [])) - set(accepted), now)
         if touched:
             WorkUnit.objects.filter(pk__in=touched).update(transition_time=now, updated_at=now)
-            transaction.on_commit(partial(enqueue_transitions, sorted(touched)))
+            _wake_transitioner(sorted(touched))
 
         tasks, reason, message, delay = _send_work(
             host=host, request=request, client_version=client_version, now=now, rng=rng,
@@ -130,6 +131,22 @@ def scheduler_request(*, host: Host, request: dict[str, Any], client_version: st
                                  "quota_day"])
     return {"tasks": tasks, "accepted": accepted, "rejected": rejected, "abort": abort,
             "request_delay": delay, "reason": reason, "message": message}
+
+
+def _wake_transitioner(workunit_ids: list[int]) -> None:
+    """Enqueue a transitioner pass for these work units, visible only once this commits.
+
+    With django-q2's ORM broker on this database the queue row is written inside this
+    transaction: it becomes visible exactly at commit (and vanishes on rollback) without a second
+    transaction and commit of its own. Any other broker (Redis), or sync mode (the task would run
+    at once, inside this transaction), enqueues on commit.
+    """
+    from django_q.conf import Conf
+
+    if not Conf.SYNC and connection.alias == Conf.ORM:
+        enqueue_transitions(workunit_ids)
+    else:
+        transaction.on_commit(partial(enqueue_transitions, workunit_ids))
 
 
 # --- locks -------------------------------------------------------------------------------------
@@ -274,7 +291,7 @@ def _release_aborted(host: Host, abort: list[int], rows: dict[int, Result],
     return touched
 
 
-def _record_acks(host: Host, acks: Sequence[int], now: datetime) -> None:
+def _record_acks(host: Host, acks: Collection[int], now: datetime) -> None:
     if acks:
         Result.objects.filter(
             pk__in=set(acks), host=host, server_state=ServerState.IN_PROGRESS,
@@ -393,40 +410,82 @@ def _claim(*, host: Host, limit: int, work_seconds: float, datasets: list[str],
     claimed: list[Result] = []
     workunits: set[int] = set()
     estimated = 0.0
+
+    def covered() -> bool:
+        # BOINC sends until the request is covered: the last task may overshoot it.
+        return len(claimed) >= limit or (host.speed > 0 and estimated >= work_seconds)
+
     passes = [True, False] if datasets else [None]  # locality first (BOINC's "lite" +10)
     for local in passes:
         for batch in _locked_batches(_candidates(host, datasets=datasets, local=local),
                                      batch_size=min(2 * limit + 2, 100)):
-            for row in batch:
-                if row.workunit_id in workunits:
-                    continue  # a sibling is already in this reply
-                if not _claim_one(host, row, now):
-                    continue
-                claimed.append(row)
-                workunits.add(row.workunit_id)
-                if host.speed > 0:
-                    estimated += row.workunit.cost / host.speed
-                # BOINC sends until the request is covered: the last task may overshoot it.
-                if len(claimed) >= limit or (host.speed > 0 and estimated >= work_seconds):
+            remaining = batch
+            while remaining:
+                # Pick, in order, what would cover the request; claim the picks in one go.
+                picked: list[Result] = []
+                picked_cost = 0.0
+                rest: list[Result] = []
+                for index, row in enumerate(remaining):
+                    if row.workunit_id in workunits or any(
+                            row.workunit_id == other.workunit_id for other in picked):
+                        continue  # a sibling is already in this reply
+                    picked.append(row)
+                    if host.speed > 0:
+                        picked_cost += row.workunit.cost / host.speed
+                    if (len(claimed) + len(picked) >= limit
+                            or (host.speed > 0 and estimated + picked_cost >= work_seconds)):
+                        rest = remaining[index + 1:]
+                        break
+                if not picked:
+                    break
+                for row in _claim_rows(host, picked, now):
+                    claimed.append(row)
+                    workunits.add(row.workunit_id)
+                    if host.speed > 0:
+                        estimated += row.workunit.cost / host.speed
+                if covered():
                     return claimed
+                remaining = rest  # only if a pick was lost to another request
     return claimed
 
 
-def _claim_one(host: Host, row: Result, now: datetime) -> bool:
-    workunit = row.workunit
-    deadline = now + timedelta(seconds=workunit.delay_bound + settings.RESULT_GRACE_SECONDS)
-    changed = Result.objects.filter(pk=row.pk, server_state=ServerState.UNSENT).update(
-        server_state=ServerState.IN_PROGRESS, host=host, volunteer_id=host.volunteer_id,
-        sent_time=now, report_deadline=deadline, acked_time=None, updated_at=now)
-    if changed != 1:
-        return False  # another request sent it first
-    # Wake the transitioner by the deadline (BOINC: min(existing, deadline)).
-    WorkUnit.objects.filter(pk=workunit.pk).update(
-        transition_time=Least(Coalesce(F("transition_time"), Value(deadline)), Value(deadline)),
-        updated_at=now)
-    row.server_state, row.host, row.volunteer_id = ServerState.IN_PROGRESS, host, host.volunteer_id
-    row.sent_time, row.report_deadline = now, deadline
-    return True
+def _claim_rows(host: Host, rows: list[Result], now: datetime) -> list[Result]:
+    """Send ``rows`` (of distinct work units) to ``host``: one conditional UPDATE per deadline
+    (one in practice), its row count checked; returns the rows won, in order."""
+    by_deadline: dict[datetime, list[Result]] = {}
+    for row in rows:
+        deadline = now + timedelta(
+            seconds=row.workunit.delay_bound + settings.RESULT_GRACE_SECONDS)
+        by_deadline.setdefault(deadline, []).append(row)
+    won: set[int] = set()
+    for deadline, group in by_deadline.items():
+        ids = [row.pk for row in group]
+        changed = Result.objects.filter(pk__in=ids, server_state=ServerState.UNSENT).update(
+            server_state=ServerState.IN_PROGRESS, host=host, volunteer_id=host.volunteer_id,
+            sent_time=now, report_deadline=deadline, acked_time=None, updated_at=now)
+        if changed == len(ids):
+            group_won = ids
+        else:
+            # Another request sent some first (the rows are locked on PostgreSQL and writers
+            # are serial on SQLite, so this is a safeguard): keep those we sent just now.
+            group_won = list(Result.objects.filter(
+                pk__in=ids, server_state=ServerState.IN_PROGRESS, host=host, sent_time=now,
+                report_deadline=deadline, updated_at=now).values_list("pk", flat=True))
+        if not group_won:
+            continue
+        won.update(group_won)
+        # Wake the transitioner by the deadline (BOINC: min(existing, deadline)).
+        WorkUnit.objects.filter(
+            pk__in=[row.workunit_id for row in group if row.pk in won]).update(
+            transition_time=Least(Coalesce(F("transition_time"), Value(deadline)),
+                                  Value(deadline)),
+            updated_at=now)
+        for row in group:
+            if row.pk in won:
+                row.server_state, row.host = ServerState.IN_PROGRESS, host
+                row.volunteer_id = host.volunteer_id
+                row.sent_time, row.report_deadline = now, deadline
+    return [row for row in rows if row.pk in won]
 
 
 def _maybe_trust_alone(host: Host, row: Result, now: datetime, rng: random.Random) -> None:

@@ -342,6 +342,7 @@ def test_a_second_report_of_the_same_result_is_harmless(monkeypatch,
     replica = send(workunit.results.first(), host)
     ask(host, free_slots=0, results=[success(replica.pk)])
     stored = Result.objects.get(pk=replica.pk)
+    woken.clear()  # the first report's wake (enqueued in its transaction with the ORM broker)
 
     with django_capture_on_commit_callbacks(execute=True):
         again = ask(host, free_slots=0, now=NOW + timedelta(minutes=5),
@@ -539,3 +540,27 @@ def test_concurrent_claims_never_share_a_replica_nor_give_a_volunteer_two_of_one
     assert max(per_volunteer.values()) == 1, "a volunteer got two replicas of one work unit"
     shared_units = [wu for (wu, vol) in per_volunteer if vol == shared.pk]
     assert len(shared_units) == len(set(shared_units))
+
+
+# --- cost --------------------------------------------------------------------------------------
+
+
+def test_a_report_plus_a_claim_costs_a_bounded_number_of_statements(django_assert_max_num_queries):
+    """One report, one ack and a claim of four: per-row claims are one conditional UPDATE, the
+    transitioner's wake is queued inside the transaction, and a stored result is not acked."""
+    campaign = make_campaign(min_quorum=1, target_nresults=1)
+    workunits = [make_workunit(campaign=campaign) for _ in range(6)]
+    host = make_host()
+    replica = send(workunits[0].results.first(), host)
+    host.refresh_from_db()
+    # lock volunteer, read host, read reported rows, lock work unit, store report, wake work
+    # unit, queue transitioner, claim select, claim update, deadline update, host update; and
+    # the transaction's begin/commit (savepoint/release here).
+    with django_assert_max_num_queries(13):
+        reply = scheduler_request(
+            host=host, client_version="0.1.0", now=NOW,
+            request={"results": [success(replica.pk)], "acks": [replica.pk], "free_slots": 4,
+                     "work_seconds": 4 * 3600.0, "datasets": [campaign.dataset.sha256]})
+    assert reply["accepted"] == [replica.pk]
+    assert len(reply["tasks"]) == 4
+    assert Result.objects.filter(host=host, server_state=ServerState.IN_PROGRESS).count() == 4
