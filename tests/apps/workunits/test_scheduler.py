@@ -491,8 +491,8 @@ def test_trust_applies_only_to_the_first_replica_sent():
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_claims_never_share_a_replica_nor_give_a_volunteer_two_of_one_work_unit():
     if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL: SQLite serialises writers, and its in-memory test "
-                    "database cannot be shared by threads (run with DATABASE_URL=postgres://…)")
+        pytest.skip("needs PostgreSQL: SQLite serialises writers, so there is no "
+                    "concurrency to test here (run with DATABASE_URL=postgres://…)")
     campaign = make_campaign()
     for _ in range(40):
         make_workunit(campaign=campaign, replicas=2)

@@ -197,8 +197,8 @@ def test_late_success_after_the_files_are_deleted_is_too_late():
 @pytest.mark.django_db(transaction=True)
 def test_daemons_in_two_processes_at_once_apply_each_change_once():
     if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL: SQLite serialises writers, and its in-memory test "
-                    "database cannot be shared by threads (run with DATABASE_URL=postgres://…)")
+        pytest.skip("needs PostgreSQL: SQLite serialises writers, so there is no "
+                    "concurrency to test here (run with DATABASE_URL=postgres://…)")
     workunits = [make_workunit(max_error_results=5) for _ in range(6)]
     failing, agreeing = workunits[:3], workunits[3:]
     for wu in failing:  # an error and an answer: needs exactly one replacement
