@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .datafile import fsync_directory
 from .exceptions import ConfigError, NotAttachedError
 
 APP_NAME = "strategy-worker"
@@ -131,6 +132,7 @@ def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
+        fsync_directory(path.parent)  # the rename too must survive a power cut
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)

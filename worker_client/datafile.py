@@ -229,11 +229,11 @@ def _write_atomic(path: Path, chunks: Iterable[bytes]) -> str:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     return digest.hexdigest()
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make the rename itself durable where the OS allows it (POSIX); a no-op on Windows,
     where directories cannot be opened and NTFS journals the rename."""
     if os.name != "posix":

@@ -64,6 +64,9 @@ METRIC_FIELDS = (
 METRICS_DTYPE = np.dtype([(name, np.float64) for name in METRIC_FIELDS])
 _N_METRICS = len(METRIC_FIELDS)
 _TRADE_COLUMNS = 8
+# The kernel's trade columns 0-6, in order; column 7 is the exit reason's code.
+_TRADE_NUMERIC_FIELDS = ("entry_bar", "exit_bar", "side", "entry_price", "exit_price", "units",
+                         "pnl")
 TRADE_DTYPE = np.dtype([
     ("entry_bar", np.int64), ("exit_bar", np.int64), ("side", np.int8),
     ("entry_price", np.float64), ("exit_price", np.float64), ("units", np.float64),
@@ -410,7 +413,7 @@ class Metrics:
 
     @classmethod
     def from_row(cls, row: Any) -> Metrics:
-        values = {name: float(row[name]) for name in METRIC_FIELDS}
+        values: dict[str, Any] = {name: float(row[name]) for name in METRIC_FIELDS}
         values["n_trades"] = int(values["n_trades"])
         values["n_returns"] = int(values["n_returns"])
         return cls(**values)
@@ -519,7 +522,7 @@ def backtest(data: OHLCV, genome: Genome, *, costs: Costs = Costs(),
                   float(costs.slippage), initial_cash, start, stop,
                   data.bars_per_year, out, True, equity, trades)
     trade_list = np.empty(n, TRADE_DTYPE)
-    for i, name in enumerate(TRADE_DTYPE.names[:-1]):
+    for i, name in enumerate(_TRADE_NUMERIC_FIELDS):
         trade_list[name] = trades[:n, i]
     trade_list["exit_reason"] = [EXIT_REASONS[int(code)] for code in trades[:n, 7]]
     metrics = Metrics.from_row(out.view(METRICS_DTYPE).reshape(-1)[0])
@@ -542,7 +545,8 @@ def evaluate_population(data: OHLCV, genomes: Sequence[Genome], *, costs: Costs 
         return out.view(METRICS_DTYPE).reshape(-1)
     enc = _encode(genomes, features)
     previous = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    most = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+    numba.set_num_threads(max(1, min(int(threads), most)))
     try:
         _simulate_population(data.open, data.high, data.low, data.close, features.table, enc.ops,
                              enc.a, enc.b, enc.v, enc.direction, enc.stop_loss, enc.take_profit,

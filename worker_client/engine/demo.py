@@ -13,7 +13,7 @@ import time
 import numba
 
 from . import backtest, synthetic_ohlcv
-from .ga import GASettings, run_epoch
+from .ga import GASettings, ScoredGenome, run_epoch
 from .space import SearchSpace
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
 
     populations: list[list] = [[] for _ in range(args.islands)]
     tried = 0
-    best = {}
+    best: dict[str, ScoredGenome] = {}
     started = time.perf_counter()
     for epoch in range(args.epochs):
         results = []

@@ -236,7 +236,7 @@ class IslandEpoch:
         return EpochState(
             task=self._task, generation=self._generation,
             population=[g.hash for g in self._population],
-            rng_state=self._rng.bit_generator.state,
+            rng_state=dict(self._rng.bit_generator.state),
             evaluated={h: (g.to_json(), [float(x) for x in m])
                        for h, (g, m) in self._evaluated.items()},
         )
