@@ -24,6 +24,8 @@ from worker_client.engine.ga import GASettings
 from worker_client.engine.space import SearchSpace
 from worker_client.protocol import ENGINE_FORMAT, TASK_KIND
 
+from .data import load_dataset
+from .marketdata import dataset_get_or_create
 from .models import Campaign, Result, WorkUnit
 from .states import CAMPAIGN_MOVES, AssimilateState, CampaignState, ErrorMask, ServerState
 
@@ -47,9 +49,27 @@ def campaign_start(*, campaign: Campaign, now: datetime | None = None) -> list[W
     island whose last epoch was assimilated while the campaign was paused.
     """
     now = now or timezone.now()
+    if campaign.search_dataset_id is None:
+        _campaign_make_search_dataset(campaign=campaign, now=now)
     with transaction.atomic():
         _campaign_move(campaign, CampaignState.ACTIVE, now=now)
         return campaign_advance_islands(campaign=campaign, now=now)
+
+
+def _campaign_make_search_dataset(*, campaign: Campaign, now: datetime) -> None:
+    """Store the bars before the out-of-sample range as their own file, for the volunteers.
+
+    Work units need only [in_sample_start, in_sample_stop); a host that never downloads the
+    later bars cannot tune anything to them, so out-of-sample figures stay honest. The file is
+    named by its content (idempotent), written before the row that points at it.
+    """
+    full = campaign.dataset
+    dataset, _ = dataset_get_or_create(data=load_dataset(full).slice(0, campaign.in_sample_stop),
+                                       symbol=full.symbol, timeframe=full.timeframe,
+                                       exchange=full.exchange)
+    Campaign.objects.filter(pk=campaign.pk, search_dataset__isnull=True).update(
+        search_dataset=dataset, updated_at=now)
+    campaign.refresh_from_db(fields=["search_dataset"])
 
 
 def campaign_pause(*, campaign: Campaign, now: datetime | None = None) -> None:
@@ -182,7 +202,7 @@ def workunit_create(*, campaign: Campaign, island: int, epoch: int,
     payload = {
         "kind": TASK_KIND,
         "engine": ENGINE_FORMAT,
-        "dataset_sha256": campaign.dataset.sha256,
+        "dataset_sha256": campaign.task_dataset.sha256,
         "start": campaign.in_sample_start,
         "stop": campaign.in_sample_stop,
         "seed": epoch_seed(campaign.seed, island, epoch),

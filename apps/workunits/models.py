@@ -46,6 +46,10 @@ class Campaign(TimestampedModel):
     in_sample_start = models.PositiveIntegerField(default=0)
     in_sample_stop = models.PositiveIntegerField()
     out_sample_stop = models.PositiveIntegerField()
+    search_dataset = models.ForeignKey(
+        Dataset, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="the in-sample bars only, made when the campaign starts: what volunteers "
+                  "download, so no host ever holds the out-of-sample range")
     search_space = models.JSONField(default=dict, blank=True,
                                     help_text="engine SearchSpace fields; empty for defaults")
     ga_settings = models.JSONField(default=dict, blank=True,
@@ -86,6 +90,11 @@ class Campaign(TimestampedModel):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def task_dataset(self) -> Dataset:
+        """The data set sent with tasks (the full one only before the campaign first starts)."""
+        return self.search_dataset or self.dataset
 
 
 class WorkUnit(TimestampedModel):

@@ -29,7 +29,16 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, ExpressionWrapper, F, FloatField, OuterRef, QuerySet, Value
+from django.db.models import (
+    Exists,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Value,
+)
 from django.db.models.functions import Coalesce, Least
 from django.urls import reverse
 from django.utils import timezone
@@ -380,10 +389,12 @@ def _candidates(host: Host, *, feasible_only: bool = True, datasets: Sequence[st
         # Estimated runtime cost / speed must fit in the deadline: cost <= delay_bound * speed.
         rows = rows.filter(workunit__cost__lte=ExpressionWrapper(
             F("workunit__delay_bound") * Value(float(host.speed)), output_field=FloatField()))
-    if local is True:
-        rows = rows.filter(workunit__campaign__dataset__sha256__in=list(datasets))
-    elif local is False and datasets:
-        rows = rows.exclude(workunit__campaign__dataset__sha256__in=list(datasets))
+    if local is not None and datasets:
+        # The data set a task carries is the campaign's in-sample file (``task_dataset``).
+        held = (Q(workunit__campaign__search_dataset__sha256__in=list(datasets))
+                | Q(workunit__campaign__search_dataset__isnull=True,
+                    workunit__campaign__dataset__sha256__in=list(datasets)))
+        rows = rows.filter(held) if local else rows.exclude(held)
     return rows.order_by("-priority", "pk")
 
 
@@ -392,7 +403,8 @@ def _locked_batches(rows: QuerySet[Result], batch_size: int) -> Iterator[list[Re
     if connection.features.has_select_for_update_skip_locked:
         of = ("self", "workunit") if connection.features.has_select_for_update_of else ()
         rows = rows.select_for_update(skip_locked=True, of=of)
-    rows = rows.select_related("workunit__campaign__dataset")
+    rows = rows.select_related("workunit__campaign__dataset",
+                               "workunit__campaign__search_dataset")
     seen: list[int] = []
     for _ in range(8):  # bounded: a request never scans the whole table
         batch = list(rows.exclude(pk__in=seen)[:batch_size])
@@ -520,7 +532,7 @@ def _maybe_trust_alone(host: Host, row: Result, now: datetime, rng: random.Rando
 
 def _task(row: Result, now: datetime, url_base: str) -> dict[str, Any]:
     workunit = row.workunit
-    dataset = workunit.campaign.dataset
+    dataset = workunit.campaign.task_dataset
     deadline = (now + timedelta(seconds=workunit.delay_bound)).astimezone(UTC)
     return {
         "result_id": row.pk,

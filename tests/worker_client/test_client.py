@@ -242,9 +242,10 @@ def test_a_result_stays_on_disk_until_the_portal_accepts_it(live_server, paths, 
 
 def test_a_corrupt_cached_data_set_is_deleted_and_fetched_again(live_server, paths,
                                                                 quick_delays, one_task_campaign):
-    sha = one_task_campaign.dataset.sha256
-    cached = paths.datasets_dir / f"{sha}.sahc"
-    good = Path(one_task_campaign.dataset.file.path).read_bytes()
+    one_task_campaign.refresh_from_db()
+    sent = one_task_campaign.task_dataset  # the in-sample file the task carries
+    cached = paths.datasets_dir / f"{sent.sha256}.sahc"
+    good = Path(sent.file.path).read_bytes()
     cached.write_bytes(good[: len(good) // 2])  # a truncated earlier download
     host = make_host()
     client = PortalClient(live_server.url, host.token, retry=FAST_RETRY)

@@ -22,6 +22,7 @@ from apps.workunits.campaigns import (
     epoch_seed,
     workunit_create_once,
 )
+from apps.workunits.data import load_dataset
 from apps.workunits.models import Campaign, Result, WorkUnit
 from apps.workunits.states import (
     AssimilateState,
@@ -60,8 +61,14 @@ def test_start_creates_epoch_zero_of_every_island_with_the_protocols_payload():
     assert campaign.state == CampaignState.ACTIVE
     assert [(wu.island, wu.epoch) for wu in created] == [(0, 0), (1, 0), (2, 0)]
     wu = created[1]
+    # Volunteers get the bars before the out-of-sample range, and nothing after it.
+    search = campaign.search_dataset
+    assert search.sha256 != campaign.dataset.sha256
+    assert search.bar_count == campaign.in_sample_stop
+    full, head = load_dataset(campaign.dataset), load_dataset(search)
+    assert (head.close == full.close[:campaign.in_sample_stop]).all()
     assert wu.payload == {
-        "kind": TASK_KIND, "engine": ENGINE_FORMAT, "dataset_sha256": campaign.dataset.sha256,
+        "kind": TASK_KIND, "engine": ENGINE_FORMAT, "dataset_sha256": search.sha256,
         "start": 0, "stop": 1_500, "seed": epoch_seed(3, 1, 0), "generations": 2,
         "space": SearchSpace().to_dict(), "settings": GASettings(**SETTINGS).to_dict(),
         "start_population": []}
