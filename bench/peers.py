@@ -144,7 +144,9 @@ def _prepare_vectorbt(data: OHLCV, pairs: Pairs, threads: int) -> Timed:
 # --- backtesting.py ----------------------------------------------------------------------------
 
 
-def _sma_cross_strategy():
+def sma_cross_strategy():
+    """backtesting.py's documented SMA-crossover idiom under the shared conventions (also used
+    by the conformance tests, so the strategy timed here is the one checked there)."""
     from backtesting import Strategy
     from backtesting.lib import crossover
     from backtesting.test import SMA
@@ -180,7 +182,7 @@ def _prepare_backtesting(data: OHLCV, pairs: Pairs, threads: int) -> Timed:
         index=pd.to_datetime(data.timestamp, unit="s", utc=True),
     )
     backtest = FractionalBacktest(
-        frame, _sma_cross_strategy(), cash=INITIAL_CASH, commission=FEE, fractional_unit=MIN_UNITS
+        frame, sma_cross_strategy(), cash=INITIAL_CASH, commission=FEE, fractional_unit=MIN_UNITS
     )
 
     def run() -> Summary:

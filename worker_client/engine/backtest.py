@@ -43,6 +43,7 @@ from .genome import MAX_CONDITIONS, Genome
 from .series import FeatureTable
 
 MIN_UNITS = 1e-8
+MIN_UNITS_TOLERANCE = 1e-12  # vectorbt compares order sizes with this absolute tolerance
 
 # Codes the kernel sees. Comparisons with a number have their own codes (see ``holds``).
 _GT, _LT, _CROSS_ABOVE, _CROSS_BELOW = 1, 2, 3, 4
@@ -51,7 +52,6 @@ _OPS = {"gt": _GT, "lt": _LT, "cross_above": _CROSS_ABOVE, "cross_below": _CROSS
 _VALUE_OFFSET = _GT_VALUE - _GT
 _MAX_CONDITIONS = MAX_CONDITIONS
 _DIRECTIONS = {"long": 1, "short": -1, "long_short": 0}
-_NO_ORDER = 2  # "no pending order"; otherwise the pending order is the target side -1, 0, +1
 EXIT_REASONS = ("", "signal", "stop_loss", "take_profit", "trailing_stop", "end")
 _SIGNAL, _STOP_LOSS, _TAKE_PROFIT, _TRAILING, _END = 1, 2, 3, 4, 5
 
@@ -183,7 +183,7 @@ def _simulate(open_, high, low, close, table, ops, a, b, v, p, direction, stop_l
         committed = cash * size  # fee included
         fill = price * (1.0 + slippage) if side > 0 else price * (1.0 - slippage)
         units = committed / (fill * (1.0 + fee))
-        if 1e-8 - units > 1e-12:
+        if MIN_UNITS - units > MIN_UNITS_TOLERANCE:
             return 0.0, cash, 0.0
         if side > 0:  # paid exactly what was committed: all-in leaves exactly 0, no residue
             return units, cash - committed, fill

@@ -257,27 +257,9 @@ def backtesting_run(
     data: OHLCV, fast: int, slow: int, *, initial_cash: float = INITIAL_CASH
 ) -> Run:
     """``FractionalBacktest`` (1 satoshi) with the documented idiom: ``self.I``, ``crossover``."""
-    from backtesting import Strategy
-    from backtesting.lib import FractionalBacktest, crossover
-    from backtesting.test import SMA
+    from backtesting.lib import FractionalBacktest
 
-    class SmaCross(Strategy):
-        n1 = 10
-        n2 = 60
-        last_bar = 0  # the index of the last bar, for the end-of-data rule
-
-        def init(self):
-            self.fast = self.I(SMA, self.data.Close, self.n1)
-            self.slow = self.I(SMA, self.data.Close, self.n2)
-
-        def next(self):
-            bar = len(self.data) - 1
-            if self.position:
-                # An order placed on bar n-2 fills at open[n-1]: the end-of-data exit.
-                if crossover(self.slow, self.fast) or bar >= self.last_bar - 1:
-                    self.position.close()
-            elif crossover(self.fast, self.slow) and bar < self.last_bar - 1:
-                self.buy()
+    from bench.peers import sma_cross_strategy
 
     frame = pd.DataFrame(
         {"Open": data.open, "High": data.high, "Low": data.low, "Close": data.close,
@@ -285,7 +267,7 @@ def backtesting_run(
         index=_frame_index(data),
     )
     backtest = FractionalBacktest(
-        frame, SmaCross, cash=initial_cash, commission=FEE, fractional_unit=MIN_UNITS
+        frame, sma_cross_strategy(), cash=initial_cash, commission=FEE, fractional_unit=MIN_UNITS
     )
     stats = backtest.run(n1=fast, n2=slow, last_bar=len(frame) - 1)
     trades = stats["_trades"].sort_values("EntryBar")
