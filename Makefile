@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install test lint bench bench-quick bench-scheduler demo engine-demo clean
+.PHONY: help install test lint bench bench-quick bench-scheduler demo engine-demo wheel clean
 
 help:
 	@echo "make demo         set up and run the demo"
@@ -13,6 +13,7 @@ help:
 	@echo "make bench-quick  the same, reduced (under a minute)"
 	@echo "make bench-scheduler  tasks dispatched and reported per second (PostgreSQL, gunicorn)"
 	@echo "make engine-demo  a local island search, no portal"
+	@echo "make wheel        build the worker client wheel the portal serves (var/dist/)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed, found " + sys.version.split()[0])'
@@ -46,6 +47,10 @@ demo: $(STAMP)
 
 engine-demo: $(STAMP)
 	$(PY) -m worker_client.engine.demo
+
+# The volunteer's package, exactly as the portal's download page serves it.
+wheel: $(STAMP)
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir var/dist .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -98,6 +98,7 @@ INSTALLED_APPS = [
     "apps.accounts",
     "apps.workunits",
     "apps.credit",
+    "apps.web",
 ]
 
 MIDDLEWARE = [
@@ -175,6 +176,8 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every requ
 MEDIA_URL = "media/"
 MEDIA_ROOT = BASE_DIR / (_env("MEDIA_ROOT") or VAR_DIR / "media")  # relative to the project
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# The worker client wheel the download page serves (`make wheel` builds it there).
+WORKER_WHEEL_DIR = BASE_DIR / (_env("WORKER_WHEEL_DIR") or VAR_DIR / "dist")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"
