@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+WHEEL_STAMP := var/dist/.built
 
-.PHONY: help install test lint bench bench-quick bench-scheduler demo engine-demo wheel clean
+.PHONY: help install browser test lint bench bench-quick bench-scheduler demo engine-demo wheel clean
 
 help:
 	@echo "make demo         set up and run the demo"
@@ -24,7 +25,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The browser tests drive Debian's chromium (never a downloaded browser); as root, install it.
+browser:
+	@test -x /usr/bin/chromium || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& (apt-get install -y chromium || (apt-get update && apt-get install -y chromium))) || true
+
+test: $(STAMP) browser
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest
@@ -42,15 +48,19 @@ bench-quick: $(STAMP)
 bench-scheduler: $(STAMP)
 	$(PY) bench/scheduler.py
 
-demo: $(STAMP)
+demo: $(STAMP) $(WHEEL_STAMP)
 	$(PY) scripts/demo.py
 
 engine-demo: $(STAMP)
 	$(PY) -m worker_client.engine.demo
 
 # The volunteer's package, exactly as the portal's download page serves it.
-wheel: $(STAMP)
+$(WHEEL_STAMP): $(STAMP) $(shell find worker_client -name '*.py')
+	rm -f var/dist/strategy_worker-*.whl
 	$(PY) -m pip wheel --quiet --no-deps --wheel-dir var/dist .
+	touch $(WHEEL_STAMP)
+
+wheel: $(WHEEL_STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -176,6 +176,15 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every requ
 MEDIA_URL = "media/"
 MEDIA_ROOT = BASE_DIR / (_env("MEDIA_ROOT") or VAR_DIR / "media")  # relative to the project
 STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "portal.staticfinders.PackageFileFinder",  # vendor/plotly.min.js from the plotly package
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "account"
+LOGOUT_REDIRECT_URL = "home"
+
 # The worker client wheel the download page serves (`make wheel` builds it there).
 WORKER_WHEEL_DIR = BASE_DIR / (_env("WORKER_WHEEL_DIR") or VAR_DIR / "dist")
 STORAGES = {

@@ -194,11 +194,56 @@ def prepare_database() -> dict[str, str]:
     for username, display_name in VOLUNTEERS:
         _, key = volunteer_register(
             username=username, email=f"{username}@example.org",
-            password=secrets.token_urlsafe(12), display_name=display_name)
+            password=demo_password(username), display_name=display_name)
         keys[username] = key
     say(f"  volunteers: {', '.join(name for _, name in VOLUNTEERS)}")
     connections.close_all()
     return keys
+
+
+def demo_password(username: str) -> str:
+    """The demo volunteers' passwords: printed at the end, so you can log in as one."""
+    return f"{username}-demo-password"
+
+
+def check_pages() -> str:
+    """Fetch every kind of web page with the demo's data, logged out and logged in as a
+    volunteer; raise DemoError if one does not render."""
+    import re
+
+    import requests
+
+    from apps.workunits.models import Campaign, Strategy
+
+    campaign = Campaign.objects.get()
+    strategy = Strategy.objects.filter(campaign=campaign).order_by("-fitness").first()
+    public = ["", "campaigns/", f"campaigns/{campaign.pk}/", f"campaigns/{campaign.pk}/strategies/",
+              "strategies/", "leaderboards/users/", "leaderboards/teams/", "leaderboards/hosts/",
+              "leaderboards/users/?order=rac", "teams/", "status/", "download/", "join/",
+              "login/", "stats/users.json", "stats/teams.json", "stats/hosts.json",
+              "api/v1/docs/"]
+    if strategy is not None:
+        public += [f"strategies/{strategy.pk}/", f"strategies/{strategy.pk}/genome.json"]
+    failures = []
+    with requests.Session() as session:
+        for path in public:
+            response = session.get(SERVER + path, timeout=60)
+            if response.status_code != 200:
+                failures.append(f"/{path} answered {response.status_code}")
+        username = VOLUNTEERS[0][0]
+        form = session.get(SERVER + "login/", timeout=30).text
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form)
+        session.post(SERVER + "login/", timeout=30, headers={"Referer": SERVER + "login/"},
+                     data={"username": username, "password": demo_password(username),
+                           "csrfmiddlewaretoken": token[1] if token else ""})
+        for path in ("account/", "account/password/", "teams/new/"):
+            response = session.get(SERVER + path, timeout=30, allow_redirects=False)
+            if response.status_code != 200:
+                failures.append(f"/{path} (logged in as {username}) answered "
+                                f"{response.status_code}")
+    if failures:
+        raise DemoError("web pages that do not render: " + "; ".join(failures))
+    return f"Web pages: all {len(public) + 3} render with the demo's data."
 
 
 def create_admin(env: dict[str, str]) -> str:
@@ -368,11 +413,14 @@ def main() -> int:
 
         say(summary(time.monotonic() - mining_started))
         processes.stop("worker", timeout=20)  # nothing left for them to do
+        say(check_pages())
         say(f"\nTotal demo time {time.monotonic() - started:.0f} s.")
         if EXIT_AFTER_SUMMARY:
             return 0
         say(f"\nThe portal stays up: {SERVER}  ·  admin {SERVER}admin/ (user admin, password "
-            f"{admin_password})  ·  API docs {SERVER}api/v1/docs/\nPress Ctrl-C to stop.")
+            f"{admin_password})  ·  log in as a volunteer: {VOLUNTEERS[0][0]} / "
+            f"{demo_password(VOLUNTEERS[0][0])}  ·  API docs {SERVER}api/v1/docs/\n"
+            "Press Ctrl-C to stop.")
         while True:
             processes.check_alive()
             time.sleep(1)

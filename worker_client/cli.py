@@ -70,15 +70,50 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{ACCOUNT_KEY_ENV})")
     attach.add_argument("--name", help="this computer's name on the portal (default: hostname)")
 
-    run = commands.add_parser("run", help="ask for tasks, run them and report, until stopped",
-                              description="Run tasks until Ctrl-C / SIGTERM (which finish "
-                                          "cleanly), or until a stop option below is met.")
+    run = commands.add_parser(
+        "run", help="ask for tasks, run them and report, until stopped",
+        description="Run tasks until Ctrl-C / SIGTERM (each task checkpoints and the worker "
+                    "exits within seconds), or until a stop option below is met.")
+    run.add_argument("--cpus", type=_positive_int, metavar="N",
+                     help="tasks to run at once, one process each (default: all cores but one)")
+    run.add_argument("--buffer-hours", type=_non_negative_float, default=0.1, metavar="H",
+                     help="work to keep at hand per core, in hours (default 0.1)")
+    run.add_argument("--threads", type=_positive_int, default=1,
+                     help="CPU threads one task may use (default 1)")
+    run.add_argument("--checkpoint-interval", type=_non_negative_float, default=5.0,
+                     metavar="SECONDS", help="seconds of work between checkpoints (default 5)")
+    run.add_argument("--cache-mb", type=_positive_int, default=2048, metavar="MB",
+                     help="size limit of the data set cache (default 2048)")
     run.add_argument("--max-tasks", type=_positive_int, metavar="N",
                      help="stop after N tasks have run and their results were acknowledged")
     run.add_argument("--exit-when-idle", type=_non_negative_float, metavar="SECONDS",
                      help="stop after SECONDS without a task (no work, or portal unreachable)")
-    run.add_argument("--threads", type=_positive_int, default=1,
-                     help="CPU threads one task may use (default 1)")
+    run.add_argument("--plain", action="store_true",
+                     help="log lines instead of the live display (the default when the output "
+                          "is not a terminal)")
+
+    status = commands.add_parser("status", help="tasks, results waiting, credit")
+    status.add_argument("--offline", action="store_true", help="do not ask the portal")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    bench = commands.add_parser("benchmark",
+                                help="measure candle-evaluations per second and report it")
+    bench.add_argument("--seconds", type=_non_negative_float, default=10.0,
+                       help="how long to measure (default 10)")
+    bench.add_argument("--no-report", action="store_true", help="do not tell the portal")
+
+    detach = commands.add_parser(
+        "detach", help="leave the portal: report results, give back tasks, forget the token")
+    detach.add_argument("--force", action="store_true",
+                        help="forget the host here even if the portal cannot be told")
+
+    replay = commands.add_parser(
+        "replay", help="backtest a strategy from the portal here and list its trades",
+        description="Fetch a strategy's genome and its in-sample data set from the portal and "
+                    "backtest it with this client's engine: the trades the portal shows.")
+    replay.add_argument("--strategy", type=_positive_int, required=True, metavar="ID")
+    replay.add_argument("--server", help="the portal's URL (default: the attached one)")
+    replay.add_argument("--csv", metavar="FILE", help="also write the trades to FILE")
     return parser
 
 
@@ -91,23 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         logging.getLogger("urllib3").setLevel(logging.WARNING)
         logging.getLogger("numba").setLevel(logging.WARNING)
-    from . import runner  # after parsing: --help stays fast
+    from . import commands  # after parsing: --help stays fast
 
     try:
-        if args.command == "attach":
-            if not args.account_key:
-                parser.error(f"attach needs --account-key (or {ACCOUNT_KEY_ENV})")
-            config = runner.attach(server=args.server, account_key=args.account_key,
-                                   name=args.name)
-            print(f"Attached to {config.server} as host {config.host_id} ({config.name}). "
-                  "Start computing with: strategy-worker run")
-            return EXIT_OK
-        summary = runner.run(options=runner.RunOptions(
-            max_tasks=args.max_tasks, exit_when_idle=args.exit_when_idle,
-            threads=args.threads))
-        print(f"Stopped: {summary.tasks_run} task(s) run, {summary.results_accepted} result(s) "
-              f"accepted by the portal.")
-        return EXIT_OK
+        return commands.dispatch(args, parser)
     except KeyboardInterrupt:
         print("strategy-worker: aborted", file=sys.stderr)
         return EXIT_INTERRUPTED

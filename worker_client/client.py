@@ -129,6 +129,14 @@ class PortalClient:
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"the portal's host reply lacks {exc}") from None
 
+    def host_status(self) -> dict[str, Any]:
+        """The portal's figures for this host: credit, RAC, results valid/invalid/pending."""
+        return self._json("GET", "host/")
+
+    def detach(self) -> None:
+        """Retire this host on the portal: its token stops working, its tasks are given back."""
+        self._send("DELETE", "host/").close()
+
     def scheduler(self, request: SchedulerRequest) -> SchedulerReply:
         """Report finished results, acknowledge tasks, ask for work: one round trip."""
         body = self._json("POST", "scheduler/", request.to_dict())

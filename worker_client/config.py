@@ -11,7 +11,8 @@ Three directories, at each platform's standard place (what ``platformdirs`` woul
   (``~/.local/share``) and ``$XDG_CACHE_HOME`` (``~/.cache``), each ``/strategy-worker``.
 
 ``STRATEGY_WORKER_HOME`` puts all three under one directory (``config.json``, ``data/``,
-``cache/``): one per test or per worker process on a shared machine.
+``cache/``): one per test or per worker process on a shared machine. ``STRATEGY_WORKER_CACHE``
+then names a data set cache they share (safe: downloads are locked and atomic).
 
 The configuration file holds the server URL and the host token, never the account key; it is
 written atomically (a crash leaves the old file or the new one, never half of one) and
@@ -26,7 +27,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from .exceptions import ConfigError, NotAttachedError
 
 APP_NAME = "strategy-worker"
 HOME_ENV = "STRATEGY_WORKER_HOME"
+CACHE_ENV = "STRATEGY_WORKER_CACHE"
 CONFIG_FILE = "config.json"
 CONFIG_FORMAT = 1
 
@@ -67,6 +69,14 @@ class WorkerPaths:
         """The standard places for this platform, or under ``$STRATEGY_WORKER_HOME``."""
         env = os.environ if environ is None else environ
         platform = sys.platform if platform is None else platform
+        paths = cls._platform_default(env, platform)
+        cache_override = env.get(CACHE_ENV, "").strip()
+        if cache_override:
+            paths = replace(paths, cache_dir=Path(cache_override).expanduser())
+        return paths
+
+    @classmethod
+    def _platform_default(cls, env: Mapping[str, str], platform: str) -> WorkerPaths:
         home_override = env.get(HOME_ENV, "").strip()
         if home_override:
             root = Path(home_override).expanduser()

@@ -6,6 +6,8 @@ token as ``Authorization: Token <token>``.
 
     POST /api/v1/attach/      {"account_key", "host": HostInfo}      -> {"host_id", "token"}
     POST /api/v1/host/        HostInfo                               -> {"host_id"}
+    GET  /api/v1/host/                                               -> HostStatus (credit, …)
+    DELETE /api/v1/host/                                             -> detach: token revoked
     POST /api/v1/scheduler/   SchedulerRequest                       -> SchedulerReply
     GET  /api/v1/datasets/<sha256>/                                  -> the binary candle file
 
@@ -57,13 +59,22 @@ class ReportedResult:
 
 
 @dataclass
+class TaskProgress:
+    """How far a task in progress has come: the heartbeat of a long task."""
+
+    result_id: int
+    fraction_done: float  # 0..1
+
+
+@dataclass
 class SchedulerRequest:
     """One round trip: report finished work, confirm received tasks, ask for more."""
 
     protocol: int = PROTOCOL_VERSION
     results: list[ReportedResult] = field(default_factory=list)
     acks: list[int] = field(default_factory=list)  # task ids received since the last call
-    in_progress: list[int] = field(default_factory=list)  # task ids still running here
+    in_progress: list[int] = field(default_factory=list)  # task ids held here, not finished
+    progress: list[TaskProgress] = field(default_factory=list)  # of tasks that have started
     free_slots: int = 0
     work_seconds: float = 0.0  # how much work to send, for this host's measured speed
     datasets: list[str] = field(default_factory=list)  # sha256 of data sets held

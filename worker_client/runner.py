@@ -1,100 +1,94 @@
-"""The minimal worker: attach once, then ask → download → run → store → report, in a loop.
+"""``strategy-worker run``: keep a buffer of tasks, run them on N cores, report every result.
 
-One task at a time, on one core by default. What it guarantees already (the full client adds
-several slots, checkpoints and a live display):
+One loop in the main process (the runner) and one child process per running task
+(:mod:`worker_client.compute`). Each pass of the loop, a few times a second:
 
-* a task is written to disk when it arrives and a finished result is written to disk (atomically)
-  **before** it is reported; the result file is deleted only when the portal lists it in
-  ``accepted`` or ``rejected``. A worker stopped or killed at any point loses no finished work:
-  the next ``run`` reports what is waiting and restarts what was interrupted;
-* a data set is downloaded once per machine into the cache, sha256-checked; a bad download is
-  deleted and fetched again, never used;
-* the portal's ``request_delay`` is obeyed, and when it cannot be reached the worker backs off
-  and keeps trying (its client retries each call first);
-* SIGTERM or SIGINT stops it cleanly at the next generation boundary (a second one aborts).
+1. reads the children's progress and reaps the finished ones (a result on disk is kept until
+   the portal acknowledges it; a crashed task is retried, then reported as an error);
+2. starts queued tasks on free slots, in arrival order or earliest deadline first when a
+   deadline is at risk (:mod:`worker_client.planning`), after fetching their data set;
+3. talks to the portal when there is something to say and its ``request_delay`` has passed:
+   results to report, tasks to acknowledge, work to ask for (enough seconds to fill the
+   buffer at this host's measured speed), or a heartbeat with the progress of long tasks;
+   when the portal cannot be reached it keeps computing and backs off, with jitter;
+4. redraws the terminal display and rewrites the status file ``strategy-worker status`` reads.
 
-A task is data: the client's own engine interprets it. Nothing the portal sends is executed.
+SIGINT/SIGTERM stop it cleanly: each child checkpoints at its next generation boundary and
+exits, within seconds; a second signal stops at once (the checkpoints on disk remain).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import multiprocessing
 import os
-import platform
+import random
 import signal
-import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from . import __version__
 from .client import PortalClient, RetryPolicy
-from .config import (
-    HostConfig,
-    WorkerPaths,
-    load_host_config,
-    save_host_config,
-    write_json_atomic,
+from .compute import (
+    EXIT_BAD_DATA,
+    EXIT_FINISHED,
+    EXIT_ORPHANED,
+    EXIT_STOPPED,
+    PHASE_RUNNING,
+    Job,
+    Progress,
+    start_method,
+    task_main,
 )
-from .exceptions import (
-    AuthError,
-    ClientTooOld,
-    DataError,
-    ServerUnavailable,
-    TaskError,
-    WorkerError,
-)
+from .config import WorkerPaths, load_host_config
+from .datasets import DatasetCache
+from .display import TaskView, WorkerView, make_display
+from .exceptions import AuthError, ClientTooOld, DataError, ServerUnavailable, WorkerError
+from .planning import PlannedTask, eta_seconds, plan, work_request
 from .protocol import (
-    ENGINE_FORMAT,
     REASON_CLIENT_TOO_OLD,
     REASON_HOST_RETIRED,
     REASON_NOT_ASKED,
-    TASK_KIND,
-    HostInfo,
     ReportedResult,
     SchedulerReply,
     SchedulerRequest,
     Task,
+    TaskProgress,
 )
+from .store import WorkerStore
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_ATTEMPTS = 3
 REPORT_BATCH = 32  # results per request: the portal's limit
-
-
-# -- use cases (what the CLI calls) ---------------------------------------------------------
-
-
-def attach(*, server: str, account_key: str, name: str | None = None,
-           paths: WorkerPaths | None = None) -> HostConfig:
-    """Register this machine with the portal under the account; store the host token."""
-    paths = paths or WorkerPaths.default()
-    info = host_info(name)
-    # Someone is waiting at the terminal: a few quick retries, not the worker loop's patience.
-    with PortalClient(server, retry=RetryPolicy(attempts=3, base=1.0, cap=4.0)) as client:
-        host_id, token = client.attach(account_key=account_key, host=info)
-        config = HostConfig(server=client.server, host_id=host_id, token=token, name=info.name)
-    save_host_config(paths, config)
-    log.info("attached to %s as host %d (%s); the token is in %s", config.server, host_id,
-             info.name, paths.config_file)
-    return config
+MAX_CRASHES = 3  # a task whose process dies this many times is reported as an error
+TICK = 0.2  # seconds between passes of the loop
+HEARTBEAT_SECONDS = 300.0  # tell the portal how running tasks progress at least this often
+STATUS_SECONDS = 2.0
+STOP_GRACE_SECONDS = 20.0  # children get this long to checkpoint before they are killed
+SPEED_WEIGHT = 0.3  # of a new measurement in the host's running speed estimate
 
 
 @dataclass(frozen=True)
 class RunOptions:
+    cpus: int | None = None  # task processes at once; None: all cores but one
+    buffer_hours: float = 0.1  # work to hold per slot, in hours of this host's time
+    threads: int = 1  # numba threads per task process
+    checkpoint_interval: float = 5.0  # seconds of work between checkpoints
+    cache_limit_mb: int = 2048  # the data set cache's size
     max_tasks: int | None = None  # stop once this many tasks have run and been reported
     exit_when_idle: float | None = None  # stop after this many seconds without a task
-    threads: int = 1  # numba threads for one task
-    work_seconds: float = 3600.0  # seconds of work to ask for per free slot
     min_idle_delay: float = 1.0  # never ask again sooner than this after "no work"
     max_backoff: float = 600.0  # longest wait while the portal is unreachable
+    display: bool | None = None  # live display; None: when stderr is a terminal
+
+    @property
+    def slots(self) -> int:
+        return self.cpus or max(1, (os.cpu_count() or 2) - 1)
 
 
 @dataclass
@@ -106,100 +100,83 @@ class RunSummary:
     stopped_by_signal: bool = False
 
 
+@dataclass
+class _Held:
+    """A task received and not yet finished."""
+
+    task: Task
+    received_at: float  # wall clock, for arrival order across restarts
+    deadline: datetime
+    crashes: int = 0
+    progress: Progress | None = None
+
+
+@dataclass
+class _Running:
+    held: _Held
+    process: Any  # multiprocessing.process.BaseProcess
+    stop: Any  # multiprocessing Event
+    aborted: bool = False
+
+
+@dataclass
+class _Session:
+    accepted: int = 0
+    credit_pending: float = 0.0
+    credit_granted: float | None = None
+    message: str = ""
+    acks: list[int] = field(default_factory=list)
+
+
 def run(*, options: RunOptions, paths: WorkerPaths | None = None,
         retry: RetryPolicy | None = None) -> RunSummary:
     """Run the attached host until stopped, idle, or out of ``max_tasks``."""
     paths = paths or WorkerPaths.default()
     config = load_host_config(paths)
-    paths.ensure()
-    with PortalClient(config.server, config.token, retry=retry) as client:
-        runner = Runner(client, paths, options, name=config.name)
-        with runner.signals_handled():
-            return runner.run()
-
-
-def host_info(name: str | None = None) -> HostInfo:
-    import numba  # the engine needs it anyway; imported here to keep `attach --help` quick
-
-    return HostInfo(
-        name=(name or socket.gethostname() or "worker")[:100],
-        os=f"{platform.system()} {platform.release()}".strip()[:50],
-        arch=platform.machine()[:30],
-        python_version=platform.python_version(),
-        numba_version=numba.__version__,
-        cpu_count=os.cpu_count() or 1,
-        memory_mb=_memory_mb(),
-        client_version=__version__,
-    )
-
-
-def _memory_mb() -> int:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20)
-    except (AttributeError, ValueError, OSError):
-        pass
-    try:  # Windows
-        import ctypes
-
-        class _MemoryStatus(ctypes.Structure):
-            _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong),
-                        ("ullTotalPhys", ctypes.c_ulonglong),
-                        ("ullAvailPhys", ctypes.c_ulonglong),
-                        ("ullTotalPageFile", ctypes.c_ulonglong),
-                        ("ullAvailPageFile", ctypes.c_ulonglong),
-                        ("ullTotalVirtual", ctypes.c_ulonglong),
-                        ("ullAvailVirtual", ctypes.c_ulonglong),
-                        ("sullAvailExtendedVirtual", ctypes.c_ulonglong)]
-
-        status = _MemoryStatus()
-        status.dwLength = ctypes.sizeof(_MemoryStatus)
-        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):  # type: ignore[attr-defined]
-            return int(status.ullTotalPhys // 2**20)
-    except (AttributeError, OSError):
-        pass
-    return 0
-
-
-# -- the loop --------------------------------------------------------------------------------
-
-
-class _Interrupted(Exception):
-    """Raised inside an epoch to stop it at a generation boundary (the worker is stopping)."""
-
-
-class _Aborted(Exception):
-    """Raised inside an epoch the portal no longer needs."""
-
-
-@dataclass
-class _State:
-    queue: list[Task] = field(default_factory=list)  # received, not yet finished
-    results: dict[int, ReportedResult] = field(default_factory=dict)  # finished, not acknowledged
-    acks: list[int] = field(default_factory=list)  # received since the last call
+    store = WorkerStore(paths)
+    with store.lock():
+        # Few quick retries per call: the loop itself backs off and keeps computing meanwhile.
+        retry = retry or RetryPolicy(attempts=2, base=0.5, cap=2.0)
+        with PortalClient(config.server, config.token, retry=retry) as client:
+            runner = Runner(client, store, options, name=config.name)
+            with runner.signals_handled():
+                return runner.run()
 
 
 class Runner:
-    """One worker loop. ``clock`` and ``sleep`` are injectable so tests control time."""
+    """The loop. ``clock`` and ``sleep`` are injectable so tests control time."""
 
-    def __init__(self, client: PortalClient, paths: WorkerPaths, options: RunOptions, *,
+    def __init__(self, client: PortalClient, store: WorkerStore, options: RunOptions, *,
                  name: str = "", clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.client = client
-        self.paths = paths
+        self.store = store
         self.options = options
         self.name = name
+        self.slots = options.slots
+        self.cache = DatasetCache(store.paths.datasets_dir,
+                                  limit_bytes=options.cache_limit_mb * 2**20)
         self._clock = clock
         self._sleep = sleep
-        self._state = _State()
+        self._rng = random.Random()
+        self._context: Any = multiprocessing.get_context(start_method())
+        self._progress_queue: Any = None
+        self._held: dict[int, _Held] = {}
+        self._running: dict[int, _Running] = {}
+        self._results: dict[int, ReportedResult] = {}
+        self._credit_of: dict[int, float] = {}  # credit each task earns if validated
+        self._session = _Session()
         self._summary = RunSummary()
         self._stop = False
-        self._next_contact = 0.0  # clock time before which the portal must not be asked
-        self._failures = 0  # consecutive calls that found the portal unavailable
+        self._next_contact = 0.0
+        self._last_heartbeat = clock()
+        self._failures = 0  # calls in a row that found the portal unreachable
+        self._download_after = 0.0  # no download before this clock time (backing off)
         self._last_work = clock()
         self._last_reason: tuple[str | None, str] | None = None
-        self._datasets: dict[str, Any] = {}  # sha256 -> OHLCV, the last one loaded
-        self._running: int | None = None  # the task whose epoch is running now
-        self._abort_running = False
+        self._last_status = 0.0
+        self._last_credit_check = -1e9
+        self.speed = float(store.load_host_state().get("speed") or 0.0)
 
     # -- stopping ------------------------------------------------------------------------------
 
@@ -213,122 +190,314 @@ class Runner:
     def signals_handled(self) -> _SignalScope:
         return _SignalScope(self)
 
-    # -- main loop ------------------------------------------------------------------------------
+    # -- the loop -------------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
+        self.store.ensure()
+        self.store.tidy()
         self._load_state()
+        if self._context.get_start_method() == "forkserver":
+            self._context.set_forkserver_preload(["worker_client.compute",
+                                                  "worker_client.engine"])
+        self._progress_queue = self._context.Queue()
         self._announce()
-        while not self._stop:
-            if self._state.queue:
-                self._run_task(self._state.queue[0])
-                continue
-            budget_left = (self.options.max_tasks is None
-                           or self._summary.tasks_run < self.options.max_tasks)
-            if not budget_left and not self._state.results and not self._state.acks:
-                log.info("ran %d task(s) and every result is acknowledged; stopping",
-                         self._summary.tasks_run)
-                break
-            wake = self._next_contact
-            if self.options.exit_when_idle is not None:
-                give_up = self._last_work + self.options.exit_when_idle
-                if self._clock() >= give_up:
-                    log.info("no work for %.0f s; stopping (--exit-when-idle)",
-                             self._clock() - self._last_work)
-                    break
-                wake = min(wake, give_up)
-            if not self._wait_until(wake):
-                break
-            if self._clock() < self._next_contact:
-                continue  # woke up to check the idle limit, not to ask
-            try:
-                reply = self._exchange(free_slots=1 if budget_left else 0)
-            except ServerUnavailable as exc:
-                self._failures += 1
-                wait = min(self.options.max_backoff, 2.0 ** min(self._failures, 20))
-                log.warning("%s; asking again in %.0f s", exc, wait)
-                self._next_contact = self._clock() + wait
-                continue
-            self._failures = 0
-            if reply.tasks:
-                self._last_work = self._clock()
+        display = make_display(plain=None if self.options.display is None
+                               else not self.options.display)
+        try:
+            with display:
+                while not self._stop:
+                    self._pass()
+                    display.update(self._view())
+                    if self._finished():
+                        break
+                    self._sleep(TICK)
+        finally:
+            self._stop_children()
+            self._write_status()
         self._summary.stopped_by_signal = self._stop
-        if self._state.queue or self._state.results:
+        if self._held or self._results:
             log.info("%d task(s) to run and %d result(s) to report are kept in %s for the next "
-                     "run", len(self._state.queue), len(self._state.results), self.paths.data_dir)
+                     "run", len(self._held), len(self._results), self.store.paths.data_dir)
         return self._summary
 
-    def _announce(self) -> None:
-        """Tell the portal what this machine is now (versions may have changed since attach)."""
-        try:
-            self.client.update_host(host_info(self.name or None))
-        except ServerUnavailable as exc:
-            log.warning("%s; carrying on, will report when it is back", exc)
+    def _pass(self) -> None:
+        self._read_progress()
+        self._reap()
+        self._start_tasks()
+        if self._clock() >= self._next_contact and self._has_something_to_say():
+            self._contact()
+        if self._clock() - self._last_status >= STATUS_SECONDS:
+            self._write_status()
 
-    def _wait_until(self, when: float) -> bool:
-        """Sleep until ``when`` in short steps so that a stop request is seen; False if stopped."""
-        while not self._stop:
-            left = when - self._clock()
-            if left <= 0:
+    def _finished(self) -> bool:
+        """The stop options: ``--max-tasks`` done and reported, or ``--exit-when-idle``."""
+        if self.options.max_tasks is not None and self._summary.tasks_run >= \
+                self.options.max_tasks and not self._running and not self._results:
+            log.info("ran %d task(s) and every result is acknowledged; stopping",
+                     self._summary.tasks_run)
+            return True
+        if self.options.exit_when_idle is not None and not self._held:
+            # Nothing to compute for that long; results not yet reported stay on disk.
+            idle = self._clock() - self._last_work
+            if idle >= self.options.exit_when_idle:
+                log.info("no work for %.0f s; stopping (--exit-when-idle)", idle)
                 return True
-            self._sleep(min(left, 0.25))
         return False
 
-    # -- one round trip ------------------------------------------------------------------------
+    def _budget_left(self) -> bool:
+        return (self.options.max_tasks is None
+                or self._summary.tasks_run + len(self._held) < self.options.max_tasks)
 
-    def _exchange(self, *, free_slots: int) -> SchedulerReply:
-        state = self._state
+    # -- children -------------------------------------------------------------------------------
+
+    def _read_progress(self) -> None:
+        while True:
+            try:
+                progress: Progress = self._progress_queue.get_nowait()
+            except Exception:  # queue.Empty, or a queue broken by a killed child
+                return
+            held = self._held.get(progress.result_id)
+            if held is not None:
+                held.progress = progress
+
+    def _reap(self) -> None:
+        for result_id, running in list(self._running.items()):
+            if running.process.is_alive():
+                continue
+            running.process.join()
+            code = running.process.exitcode
+            del self._running[result_id]
+            self._child_exited(running, code)
+
+    def _child_exited(self, running: _Running, code: int | None) -> None:
+        held = running.held
+        rid = held.task.result_id
+        if running.aborted:
+            log.info("task %d is no longer needed (the portal has its answer); stopped", rid)
+            self._forget(rid)
+            return
+        if code == EXIT_FINISHED:
+            result = self.store.read_result(self.store.result_path(rid))
+            if result is not None:
+                self._finished_task(held, result)
+                return
+            code = -1  # exited 0 without a result: treat it as a crash
+        if code in (EXIT_STOPPED, EXIT_ORPHANED):
+            return  # checkpointed: runs again from there
+        if code == EXIT_BAD_DATA:
+            log.warning("data set %s… failed its check; fetching it again",
+                        held.task.dataset_sha256[:12])
+            self.cache.discard(held.task.dataset_sha256)
+        held.crashes += 1
+        if held.crashes < MAX_CRASHES:
+            log.warning("task %d stopped unexpectedly (exit code %s); trying again", rid, code)
+            return
+        error = ReportedResult(result_id=rid, status="error",
+                               error=f"the task process failed {held.crashes} times "
+                                     f"(last exit code {code})")
+        self.store.save_result(error)
+        self._finished_task(held, error)
+
+    def _finished_task(self, held: _Held, result: ReportedResult) -> None:
+        rid = held.task.result_id
+        # The result is on disk (written by the child) before the task is forgotten.
+        self._results[rid] = result
+        self._forget(rid)
+        self._summary.tasks_run += 1
+        self._last_work = self._clock()
+        if result.status == "success":
+            self._learn_speed(held, result)
+            top = (result.output or {}).get("top") or [{}]
+            log.info("task %d done in %.1f s: %s strategies evaluated, best fitness %s", rid,
+                     result.wall_time, f"{(result.output or {}).get('evaluated', 0):,}",
+                     _fmt(top[0].get("fitness")))
+        else:
+            self._summary.tasks_failed += 1
+            log.error("task %d failed: %s", rid, result.error)
+        self._next_contact = min(self._next_contact, self._clock())  # report it soon
+
+    def _forget(self, result_id: int) -> None:
+        self._held.pop(result_id, None)
+        self.store.drop_task(result_id)
+
+    def _learn_speed(self, held: _Held, result: ReportedResult) -> None:
+        progress = held.progress
+        if progress is None or not progress.bars or result.wall_time <= 0.5:
+            return  # too short to measure anything but start-up
+        evaluated = int((result.output or {}).get("evaluated") or progress.evaluated)
+        sample = evaluated * progress.bars / result.wall_time
+        self.speed = sample if self.speed <= 0 else (
+            (1 - SPEED_WEIGHT) * self.speed + SPEED_WEIGHT * sample)
+        state = self.store.load_host_state()
+        state.update(speed=self.speed, speed_source="tasks",
+                     measured_at=datetime.now(UTC).isoformat())
+        self.store.save_host_state(state)
+
+    def _start_tasks(self) -> None:
+        if self._stop or self._clock() < self._download_after:
+            return
+        queued = [h for rid, h in self._held.items() if rid not in self._running]
+        if not queued or len(self._running) >= self.slots:
+            return
+        order = plan(queued=[_planned(h) for h in queued],
+                     running=[_planned(r.held) for r in self._running.values()],
+                     slots=self.slots, speed=self.speed).order
+        for rid in order:
+            if len(self._running) >= self.slots or self._stop:
+                return
+            held = self._held[rid]
+            started = held.progress is not None or self.store.checkpoint_info(rid) is not None
+            if held.deadline <= datetime.now(UTC) and not started:
+                # BOINC's rule: an unstarted task past its deadline is not worth starting.
+                log.warning("task %d missed its deadline (%s) before it could start; dropped",
+                            rid, held.task.deadline)
+                self._forget(rid)
+                continue
+            self._start(held)
+
+    def _start(self, held: _Held) -> None:
+        task = held.task
+        try:
+            path = self.cache.fetch(self.client, sha256=task.dataset_sha256,
+                                    url=task.dataset_url, size=task.dataset_size)
+        except ServerUnavailable as exc:
+            self._download_after = self._clock() + self._backoff()
+            self._session.message = "data set download failed; trying again in " \
+                f"{self._download_after - self._clock():.0f} s"
+            log.warning("%s; %s", exc, self._session.message)
+            return
+        except DataError as exc:
+            error = ReportedResult(result_id=task.result_id, status="error", error=str(exc))
+            self.store.save_result(error)
+            self._finished_task(held, error)
+            return
+        self.cache.evict(keep={h.task.dataset_sha256 for h in self._held.values()})
+        job = Job(result_id=task.result_id, payload=task.payload,
+                  dataset_sha256=task.dataset_sha256.lower(), dataset_path=str(path),
+                  checkpoint_path=str(self.store.checkpoint_path(task.result_id)),
+                  result_path=str(self.store.result_path(task.result_id)),
+                  threads=self.options.threads,
+                  checkpoint_interval=self.options.checkpoint_interval)
+        stop = self._context.Event()
+        process = self._context.Process(target=task_main, args=(job, stop, self._progress_queue),
+                                        name=f"task-{task.result_id}", daemon=True)
+        process.start()
+        self._running[task.result_id] = _Running(held=held, process=process, stop=stop)
+        log.info("task %d started (%s)", task.result_id, task.name)
+
+    def _stop_children(self) -> None:
+        for running in self._running.values():
+            running.stop.set()
+        deadline = self._clock() + STOP_GRACE_SECONDS
+        for running in list(self._running.values()):
+            running.process.join(max(0.1, deadline - self._clock()))
+            if running.process.is_alive():
+                log.warning("task %d did not stop in time; killed (its last checkpoint stays)",
+                            running.held.task.result_id)
+                running.process.kill()
+                running.process.join(5)
+        self._read_progress()
+        self._reap()  # a task that finished meanwhile keeps its result
+
+    # -- the portal ------------------------------------------------------------------------------
+
+    def _backoff(self) -> float:
+        """The next wait after a failed call: exponential, capped, with jitter (equal jitter:
+        a thousand hosts cut off together do not come back in the same second)."""
+        self._failures += 1
+        wait = min(self.options.max_backoff, 2.0 ** min(self._failures, 20))
+        return wait / 2 + self._rng.uniform(0, wait / 2)
+
+    def _has_something_to_say(self) -> bool:
+        if self._results or self._session.acks:
+            return True
+        if self._running and self._clock() - self._last_heartbeat >= HEARTBEAT_SECONDS:
+            return True
+        free_slots, _ = self._work_request()
+        return free_slots > 0
+
+    def _work_request(self) -> tuple[int, float]:
+        if self._stop or not self._budget_left():
+            return 0, 0.0
+        free_slots, seconds = work_request(
+            slots=self.slots, buffer_seconds=self.options.buffer_hours * 3600,
+            held=[_planned(h) for h in self._held.values()], speed=self.speed)
+        if self.options.max_tasks is not None:
+            free_slots = min(free_slots, self.options.max_tasks - self._summary.tasks_run
+                             - len(self._held))
+        return max(0, free_slots), seconds
+
+    def _contact(self) -> None:
+        free_slots, work_seconds = self._work_request()
         request = SchedulerRequest(
-            results=list(state.results.values())[:REPORT_BATCH],
-            acks=list(state.acks),
-            in_progress=[t.result_id for t in state.queue],
+            results=list(self._results.values())[:REPORT_BATCH],
+            acks=list(self._session.acks),
+            in_progress=sorted(self._held),
+            progress=[TaskProgress(rid, round(h.progress.fraction_done, 4))
+                      for rid, h in sorted(self._held.items()) if h.progress is not None],
             free_slots=free_slots,
-            work_seconds=self.options.work_seconds * free_slots,
-            datasets=sorted(self._cached_datasets())[:100],
+            work_seconds=work_seconds if free_slots else 0.0,
+            datasets=sorted(self.cache.held())[:100],
         )
-        reply = self.client.scheduler(request)  # raises ClientTooOld, AuthError, …
+        try:
+            reply = self.client.scheduler(request)  # raises ClientTooOld, AuthError, …
+        except ServerUnavailable as exc:
+            wait = self._backoff()
+            self._session.message = f"portal unreachable; trying again in {wait:.0f} s"
+            log.warning("%s; computing on, trying again in %.0f s", exc, wait)
+            self._next_contact = self._clock() + wait
+            return
+        self._failures = 0
+        self._download_after = 0.0
+        self._last_heartbeat = self._clock()
         sent_acks = set(request.acks)
-        state.acks = [a for a in state.acks if a not in sent_acks]
+        self._session.acks = [a for a in self._session.acks if a not in sent_acks]
         self._apply(reply, reported={r.result_id for r in request.results})
         delay = max(0.0, reply.request_delay)
         if not reply.tasks and free_slots:
             delay = max(delay, self.options.min_idle_delay)
         self._next_contact = self._clock() + delay
-        return reply
+        if reply.tasks:
+            self._last_work = self._clock()
+        self._check_credit()
 
     def _apply(self, reply: SchedulerReply, *, reported: set[int]) -> None:
-        state = self._state
         for result_id in reply.accepted:
-            if state.results.pop(result_id, None) is not None:
+            result = self._results.pop(result_id, None)
+            if result is not None:
                 self._summary.results_accepted += 1
+                self._session.accepted += 1
+                if result.status == "success":
+                    self._session.credit_pending += self._credit_of.pop(result_id, 0.0)
                 log.info("result %d accepted by the portal", result_id)
-            _unlink(self.paths.results_dir / f"{result_id}.json")
+            self.store.drop_result(result_id)
         for entry in reply.rejected:
             result_id = int(entry.get("result_id", -1))
-            if state.results.pop(result_id, None) is not None:
+            if self._results.pop(result_id, None) is not None:
                 self._summary.results_rejected += 1
                 log.warning("result %d rejected by the portal: %s", result_id,
                             entry.get("reason", "no reason given"))
-            _unlink(self.paths.results_dir / f"{result_id}.json")
-        unanswered = reported & set(state.results)
+            self.store.drop_result(result_id)
+        unanswered = reported & set(self._results)
         if unanswered:
             log.warning("the portal did not acknowledge result(s) %s; they will be sent again",
                         sorted(unanswered))
         for result_id in reply.abort:
-            if result_id == self._running:
-                self._abort_running = True  # stopped at its next generation boundary
-                continue
-            before = len(state.queue)
-            state.queue = [t for t in state.queue if t.result_id != result_id]
-            if len(state.queue) < before:
+            running = self._running.get(result_id)
+            if running is not None:
+                running.aborted = True
+                running.stop.set()  # checkpoints and exits; then forgotten
+            elif result_id in self._held:
                 log.info("task %d is no longer needed; dropped", result_id)
-                _unlink(self.paths.tasks_dir / f"{result_id}.json")
+                self._forget(result_id)
         for task in reply.tasks:
-            if task.result_id in {t.result_id for t in state.queue} or \
-                    task.result_id in state.results:
-                continue  # sent again (e.g. a lost reply); we already have it
-            write_json_atomic(self.paths.tasks_dir / f"{task.result_id}.json", asdict(task))
-            state.queue.append(task)
-            state.acks.append(task.result_id)
+            if task.result_id in self._held or task.result_id in self._results:
+                continue  # sent again (e.g. after a lost reply); we already have it
+            received = time.time()
+            self.store.save_task(task, received)
+            self._held[task.result_id] = _Held(task, received, _deadline(task.deadline))
+            self._credit_of[task.result_id] = task.credit
+            self._session.acks.append(task.result_id)
             log.info("received task %d (%s, %s candle-evaluations, %.3g credit, due %s)",
                      task.result_id, task.name, f"{task.cost:,}", task.credit, task.deadline)
         if reply.reason == REASON_CLIENT_TOO_OLD:
@@ -341,196 +510,117 @@ class Runner:
         said = (reply.reason, reply.message)
         if (not reply.tasks and reply.reason and reply.reason != REASON_NOT_ASKED
                 and said != self._last_reason):
-            log.info("no task: %s%s", reply.reason, f" ({reply.message})" if reply.message else "")
+            self._session.message = f"no task: {reply.reason}" + (
+                f" ({reply.message})" if reply.message else "")
+            log.info("%s", self._session.message)
+        elif reply.tasks:
+            self._session.message = f"received {len(reply.tasks)} task(s)"
         self._last_reason = said if not reply.tasks else None
 
-    # -- one task --------------------------------------------------------------------------------
-
-    def _run_task(self, task: Task) -> None:
-        if _deadline_passed(task.deadline):
-            log.warning("task %d missed its deadline (%s) before it could run; dropped",
-                        task.result_id, task.deadline)
-            self._drop(task)
+    def _check_credit(self) -> None:
+        """The host's granted credit, from the portal, every few minutes."""
+        if self._clock() - self._last_credit_check < 120:
             return
-        started_wall, started_cpu = time.perf_counter(), time.process_time()
+        self._last_credit_check = self._clock()
         try:
-            output = self._compute(task)
-        except _Interrupted:
-            log.info("stopped in the middle of task %d; it will start again on the next run",
-                     task.result_id)
-            return
-        except _Aborted:
-            log.info("task %d is no longer needed (the portal has its answer); stopped",
-                     task.result_id)
-            self._drop(task)
-            return
+            self._session.credit_granted = float(self.client.host_status()["total_credit"])
+        except (WorkerError, KeyError, TypeError, ValueError) as exc:
+            log.debug("could not read the host's credit: %s", exc)
+
+    def _announce(self) -> None:
+        """Tell the portal what this machine is now (versions may have changed since attach)."""
+        from .host import host_info
+
+        try:
+            self.client.update_host(host_info(self.name or None, speed=self.speed))
         except ServerUnavailable as exc:
-            self._failures += 1
-            wait = min(self.options.max_backoff, 2.0 ** min(self._failures, 20))
-            log.warning("task %d: %s; trying again in %.0f s", task.result_id, exc, wait)
-            self._wait_until(self._clock() + wait)
-            return
-        except (TaskError, DataError) as exc:
-            self._finish(task, ReportedResult(
-                result_id=task.result_id, status="error", error=str(exc)[:2000],
-                cpu_time=time.process_time() - started_cpu,
-                wall_time=time.perf_counter() - started_wall))
-            self._summary.tasks_failed += 1
-            log.error("task %d failed: %s", task.result_id, exc)
-            return
-        self._finish(task, ReportedResult(
-            result_id=task.result_id, status="success", output=output,
-            cpu_time=time.process_time() - started_cpu,
-            wall_time=time.perf_counter() - started_wall))
-        top = output["top"][0]["fitness"] if output.get("top") else None
-        log.info("task %d done in %.1f s: %d strategies evaluated, best fitness %s",
-                 task.result_id, time.perf_counter() - started_wall, output["evaluated"],
-                 "n/a" if top is None else f"{top:.3f}")
+            log.warning("%s; carrying on, will report when it is back", exc)
 
-    def _finish(self, task: Task, result: ReportedResult) -> None:
-        # The result reaches the disk before the task leaves it: a crash in between leaves
-        # both, and the next run reports the result and drops the duplicate task.
-        write_json_atomic(self.paths.results_dir / f"{task.result_id}.json", asdict(result))
-        self._state.results[task.result_id] = result
-        self._drop(task)
-        self._summary.tasks_run += 1
-        self._last_work = self._clock()
-
-    def _drop(self, task: Task) -> None:
-        self._state.queue = [t for t in self._state.queue if t.result_id != task.result_id]
-        _unlink(self.paths.tasks_dir / f"{task.result_id}.json")
-
-    def _compute(self, task: Task) -> dict[str, Any]:
-        from .engine import Genome
-        from .engine.ga import GASettings, IslandEpoch
-        from .engine.space import SearchSpace
-
-        p = task.payload
-        try:
-            if p.get("kind") != TASK_KIND:
-                raise TaskError(f"unknown task kind {p.get('kind')!r}; this client runs "
-                                f"{TASK_KIND!r} tasks (upgrade it if the portal moved on)")
-            if p.get("engine") != ENGINE_FORMAT:
-                raise TaskError(f"the task needs engine format {p.get('engine')!r}, this "
-                                f"client has {ENGINE_FORMAT}; upgrade it")
-            if p.get("dataset_sha256", task.dataset_sha256) != task.dataset_sha256:
-                raise TaskError("the payload and the task name different data sets")
-            start, stop = int(p["start"]), int(p["stop"])
-            space = SearchSpace.from_dict(p["space"])
-            settings = GASettings.from_dict(p["settings"])
-            population = [Genome.from_dict(g) for g in p["start_population"]]
-            seed, generations = int(p["seed"]), int(p["generations"])
-        except (KeyError, TypeError, ValueError) as exc:  # engine errors are ValueErrors
-            raise TaskError(f"task {task.result_id} has a payload this engine cannot use: "
-                            f"{exc}") from None
-        data = self._dataset(task)
-        self._heartbeat(task)  # a long download must not leave the task unacknowledged
-        if not 0 <= start < stop <= len(data):
-            raise TaskError(f"bar range [{start}, {stop}) is outside the data set's "
-                            f"{len(data)} bars")
-
-        # What run_epoch() does, one generation at a time, so that a stop request, an abort
-        # from the portal or a due acknowledgement is seen between generations. (run_epoch's
-        # on_generation hook hands over a full checkpoint each time, whose cost grows with
-        # every genome evaluated: too dear to pay per generation just to look at a flag.)
-        self._running, self._abort_running = task.result_id, False
-        try:
-            epoch = IslandEpoch(data.slice(start, stop), space, settings, seed, population,
-                                generations, threads=self.options.threads)
-            while not epoch.done:
-                if self._stop:
-                    raise _Interrupted
-                self._heartbeat(task)
-                if self._abort_running:
-                    raise _Aborted
-                epoch.step()
-            result = epoch.result()
-        except ValueError as exc:  # EpochError, SpaceError, GenomeError, engine DataError
-            raise TaskError(f"the engine refused task {task.result_id}: {exc}") from None
-        finally:
-            self._running = None
-        return result.to_dict()
-
-    def _heartbeat(self, task: Task) -> None:
-        """While a long task runs, acknowledge it as soon as the portal may be asked again."""
-        if not self._state.acks or self._clock() < self._next_contact:
-            return
-        try:
-            self._exchange(free_slots=0)
-        except WorkerError as exc:  # never let the portal stop a running epoch
-            log.warning("could not acknowledge task %d yet: %s", task.result_id, exc)
-            self._next_contact = self._clock() + min(self.options.max_backoff, 60.0)
-
-    # -- data sets ------------------------------------------------------------------------------
-
-    def _cached_datasets(self) -> set[str]:
-        try:
-            return {p.stem for p in self.paths.datasets_dir.glob("*.sahc")
-                    if len(p.stem) == 64}
-        except OSError:
-            return set()
-
-    def _dataset(self, task: Task) -> Any:
-        from .datafile import read_candles
-
-        sha = task.dataset_sha256.lower()
-        if sha in self._datasets:
-            return self._datasets[sha]
-        path = self.paths.datasets_dir / f"{sha}.sahc"
-        problem = ""
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            if not path.exists():
-                log.info("downloading data set %s… (%s bytes)", sha[:12],
-                         f"{task.dataset_size:,}")
-                try:
-                    self.client.download(task.dataset_url, path, expected_sha256=sha,
-                                         expected_size=task.dataset_size or None)
-                except DataError as exc:
-                    problem = str(exc)
-                    log.warning("attempt %d: %s", attempt, exc)
-                    continue
-            try:
-                data = read_candles(path, expected_sha256=sha)
-            except (ValueError, OSError) as exc:  # a corrupt or truncated cached file
-                problem = f"the cached data set {path.name} is unusable: {exc}"
-                log.warning("attempt %d: %s; deleting it", attempt, problem)
-                _unlink(path)
-                continue
-            self._datasets = {sha: data}  # keep one data set in memory
-            return data
-        raise DataError(f"data set {sha[:12]}… could not be fetched intact after "
-                        f"{DOWNLOAD_ATTEMPTS} attempts: {problem}")
-
-    # -- state on disk --------------------------------------------------------------------------
+    # -- state ----------------------------------------------------------------------------------
 
     def _load_state(self) -> None:
-        """Pick up what a previous run left: results to report, tasks to (re)start."""
-        state = self._state
-        for path in sorted(self.paths.results_dir.glob("*.json")):
-            try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
-                result = ReportedResult(**raw)
-            except (OSError, ValueError, TypeError) as exc:
-                log.warning("ignoring unreadable result file %s: %s", path, exc)
+        """Pick up what a previous run left: results to report, tasks to resume."""
+        self._results = self.store.load_results()
+        for task, received in self.store.load_tasks():
+            if task.result_id in self._results:
                 continue
-            state.results[result.result_id] = result
-        for path in sorted(self.paths.tasks_dir.glob("*.json")):
-            try:
-                task = Task.from_dict(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError, TypeError, KeyError) as exc:
-                log.warning("ignoring unreadable task file %s: %s", path, exc)
-                continue
-            if task.result_id in state.results:
-                _unlink(path)  # finished before a crash; only the task file was left
-                continue
-            state.queue.append(task)
-        if state.results or state.queue:
-            log.info("found %d result(s) to report and %d task(s) to run from a previous run",
-                     len(state.results), len(state.queue))
+            self._held[task.result_id] = _Held(task, received, _deadline(task.deadline))
+            self._credit_of[task.result_id] = task.credit
+        if self._results or self._held:
+            resumable = sum(1 for rid in self._held
+                            if self.store.checkpoint_info(rid) is not None)
+            log.info("found %d result(s) to report and %d task(s) to run (%d from a checkpoint) "
+                     "from a previous run", len(self._results), len(self._held), resumable)
+
+    def _tasks_view(self) -> tuple[TaskView, ...]:
+        views = []
+        for rid, held in self._held.items():
+            progress = held.progress
+            if rid in self._running:
+                state = progress.phase if progress else "starting"
+            else:
+                state = "queued"
+            info = self.store.checkpoint_info(rid) if progress is None else None
+            fraction = progress.fraction_done if progress else (
+                (info.generation + 1) / (info.generations + 1) if info else 0.0)
+            speed = (progress.evaluated * progress.bars / progress.seconds
+                     if progress and progress.seconds > 0 and progress.bars else 0.0)
+            views.append(TaskView(
+                result_id=rid, name=held.task.name, state=state, fraction_done=fraction,
+                generation=progress.generation if progress else (info.generation if info else 0),
+                generations=progress.generations if progress else (
+                    info.generations if info else 0),
+                speed=speed,
+                eta_seconds=eta_seconds(fraction_done=fraction, elapsed=progress.seconds)
+                if progress and progress.phase == PHASE_RUNNING else None,
+                deadline=held.deadline, credit=held.task.credit))
+        return tuple(views)
+
+    def _view(self) -> WorkerView:
+        return WorkerView(
+            server=self.client.server, host_name=self.name, slots=self.slots,
+            tasks=self._tasks_view(), results_waiting=len(self._results),
+            results_accepted=self._session.accepted,
+            credit_pending=self._session.credit_pending,
+            credit_granted=self._session.credit_granted, speed=self.speed,
+            message=self._session.message, now=datetime.now(UTC))
+
+    def _write_status(self) -> None:
+        self._last_status = self._clock()
+        view = self._view()
+        self.store.write_status({
+            "pid": os.getpid(), "version": __version__, "updated": view.now.isoformat(),
+            "server": view.server, "slots": view.slots, "speed": view.speed,
+            "results_waiting": view.results_waiting, "results_accepted": view.results_accepted,
+            "credit_pending": view.credit_pending, "credit_granted": view.credit_granted,
+            "message": view.message,
+            "tasks": [{"result_id": t.result_id, "name": t.name, "state": t.state,
+                       "fraction_done": t.fraction_done, "generation": t.generation,
+                       "generations": t.generations, "deadline": t.deadline.isoformat(),
+                       "eta_seconds": t.eta_seconds, "credit": t.credit} for t in view.tasks],
+        })
+
+
+def _planned(held: _Held) -> PlannedTask:
+    return PlannedTask(result_id=held.task.result_id, deadline=held.deadline,
+                       cost=float(held.task.cost),
+                       fraction_done=held.progress.fraction_done if held.progress else 0.0)
+
+
+def _deadline(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return datetime.max.replace(tzinfo=UTC)  # unreadable: let the portal judge
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if not isinstance(value, int | float) else f"{value:.3f}"
 
 
 class _SignalScope:
-    """SIGTERM/SIGINT ask the runner to stop; a second one aborts at once."""
+    """SIGTERM/SIGINT ask the runner to stop; a second one stops at once."""
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
@@ -539,7 +629,7 @@ class _SignalScope:
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.runner.stopping:
             raise KeyboardInterrupt
-        log.info("%s received: finishing cleanly (send it again to abort)",
+        log.info("%s received: checkpointing and stopping (send it again to stop at once)",
                  signal.Signals(signum).name)
         self.runner.request_stop()
 
@@ -555,21 +645,4 @@ class _SignalScope:
             signal.signal(signum, handler)
 
 
-def _deadline_passed(deadline: str) -> bool:
-    try:
-        when = datetime.fromisoformat(deadline)
-    except (TypeError, ValueError):
-        return False  # unreadable: let the portal judge
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when <= datetime.now(UTC)
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as exc:
-        log.warning("could not delete %s: %s", path, exc)
-
-
-__all__ = ["RunOptions", "RunSummary", "Runner", "attach", "host_info", "run"]
+__all__ = ["RunOptions", "RunSummary", "Runner", "run"]

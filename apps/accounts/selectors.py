@@ -1,4 +1,4 @@
-"""Reads of volunteers and hosts by their secrets.
+"""Reads of volunteers, hosts and teams; volunteers and hosts are also looked up by secret.
 
 A secret is looked up by its sha256, never compared as plain text: the database holds only the
 hash, and the final comparison uses ``hmac.compare_digest`` so that no timing depends on how
@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from .models import Host, Volunteer
+from django.db.models import Count, Q, QuerySet
+
+from .models import Host, Team, Volunteer
 
 # Secrets are ``secrets.token_urlsafe(32)``: 43 characters. Anything far longer is not ours and
 # is not worth hashing.
@@ -52,3 +54,38 @@ def host_by_token(token: str) -> Host | None:
     if host is None or not hmac.compare_digest(host.token_hash, digest):
         return None
     return host
+
+
+# --- the web site's reads: a volunteer's own rows, teams ------------------------------------
+
+
+# A deactivated user's profile stays in the database (its credit is in the ledger) but is not
+# shown on public pages.
+_ACTIVE_MEMBER_COUNT = Count("members", filter=Q(members__user__is_active=True))
+
+
+def volunteer_for_user(user: object) -> Volunteer | None:
+    """The signed-in user's volunteer profile with its team, or None (e.g. a staff account)."""
+    if not getattr(user, "is_authenticated", False):
+        return None
+    return Volunteer.objects.select_related("team").filter(user=user).first()
+
+
+def host_owned_by(*, volunteer: Volunteer, host_id: int) -> Host | None:
+    """One of this volunteer's hosts; None for anyone else's, so callers answer 404 alike."""
+    return Host.objects.filter(pk=host_id, volunteer=volunteer).first()
+
+
+def team_list(*, search: str = "") -> QuerySet[Team]:
+    """Teams, biggest credit first, with their member counts; ``search`` matches the name."""
+    teams = Team.objects.annotate(member_count=_ACTIVE_MEMBER_COUNT)
+    if search:
+        teams = teams.filter(name__icontains=search)
+    return teams.order_by("-total_credit", "name", "id")
+
+
+def team_get(*, team_id: int) -> Team | None:
+    """A team with its member count and its founder's profile (one query)."""
+    return (Team.objects.select_related("founder__volunteer")
+            .annotate(member_count=_ACTIVE_MEMBER_COUNT).filter(pk=team_id).first())
+

@@ -1,4 +1,5 @@
-"""Writes for volunteers and hosts: registration, account keys, attaching and retiring hosts.
+"""Writes for volunteers, hosts and teams: registration, account keys, attaching and retiring
+hosts, founding, joining and leaving teams.
 
 An account key (one per volunteer, attaches hosts) and a host token (one per host, used for
 every worker call) are shown to their owner once, when made, and stored only as their sha256.
@@ -13,18 +14,19 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.common.errors import ApplicationError
 
-from .models import Host, Volunteer
+from .models import Host, Team, Volunteer
 from .selectors import secret_hash, volunteer_by_account_key
 
 # The fields of worker_client.protocol.HostInfo that a host row keeps, with their limits.
 HOST_INFO_FIELDS = ("name", "os", "arch", "python_version", "numba_version", "cpu_count",
                     "memory_mb", "client_version", "speed")
 KEY_HINT_LENGTH = 6
+TEAM_NAME_MAX_LENGTH = Team._meta.get_field("name").max_length
 
 
 def new_secret() -> str:
@@ -139,3 +141,62 @@ def host_retire(*, host: Host) -> Host:
                                extra={"code": "host_retired", "status": 409})
     host.retired = True
     return host
+
+
+# --- teams ----------------------------------------------------------------------------------
+# A volunteer is in at most one team (``Volunteer.team``). Credit already granted stays with
+# the team it was earned for (the ledger row names it), so joining and leaving move no credit.
+
+
+def _volunteer_team_move(*, volunteer: Volunteer, from_team_id: int | None,
+                         to_team: Team | None) -> None:
+    # Conditional on the team we read: two tabs joining two teams cannot both win.
+    changed = Volunteer.objects.filter(pk=volunteer.pk, team_id=from_team_id).update(
+        team=to_team, updated_at=timezone.now())
+    if changed != 1:
+        raise ApplicationError("Your team was changed meanwhile; reload and try again.",
+                               extra={"code": "conflict", "status": 409})
+    volunteer.team = to_team
+
+
+@transaction.atomic
+def team_create(*, founder: Volunteer, name: str, description: str = "") -> Team:
+    """Found a team; the founder joins it at once (leaving their current team, if any)."""
+    name = " ".join(name.split())  # no leading, trailing or doubled spaces in a public name
+    if not name:
+        raise ApplicationError("Choose a team name.", extra={"code": "invalid_team_name"})
+    if len(name) > TEAM_NAME_MAX_LENGTH:
+        raise ApplicationError(f"A team name has at most {TEAM_NAME_MAX_LENGTH} characters.",
+                               extra={"code": "invalid_team_name"})
+    # The unique constraint is case-sensitive; "Alpha" and "alpha" would confuse everyone.
+    if Team.objects.filter(name__iexact=name).exists():
+        raise ApplicationError(f"There is already a team called {name!r}.",
+                               extra={"code": "team_name_taken", "status": 409})
+    try:
+        with transaction.atomic():
+            team = Team.objects.create(name=name, description=description.strip(),
+                                       founder=founder.user)
+    except IntegrityError:  # created by someone else between the check and the insert
+        raise ApplicationError(f"There is already a team called {name!r}.",
+                               extra={"code": "team_name_taken", "status": 409}) from None
+    _volunteer_team_move(volunteer=founder, from_team_id=founder.team_id, to_team=team)
+    return team
+
+
+@transaction.atomic
+def team_join(*, volunteer: Volunteer, team: Team) -> Volunteer:
+    """Join a team, leaving the current one; credit from now on also counts for the team."""
+    if volunteer.team_id == team.pk:
+        raise ApplicationError(f"You are already in {team.name}.",
+                               extra={"code": "already_member", "status": 409})
+    _volunteer_team_move(volunteer=volunteer, from_team_id=volunteer.team_id, to_team=team)
+    return volunteer
+
+
+@transaction.atomic
+def team_leave(*, volunteer: Volunteer) -> Volunteer:
+    """Leave the current team. The team keeps the credit earned for it, and its founder."""
+    if volunteer.team_id is None:
+        raise ApplicationError("You are not in a team.", extra={"code": "not_a_member"})
+    _volunteer_team_move(volunteer=volunteer, from_team_id=volunteer.team_id, to_team=None)
+    return volunteer

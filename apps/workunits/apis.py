@@ -36,7 +36,7 @@ from apps.accounts.services import host_attach, host_update
 from worker_client import protocol
 
 from .models import Dataset
-from .scheduler import scheduler_request
+from .scheduler import host_detach, host_status, scheduler_request
 from .serializers import (
     SHA256_RE,
     AttachReplySerializer,
@@ -44,6 +44,7 @@ from .serializers import (
     ErrorSerializer,
     HostInfoSerializer,
     HostReplySerializer,
+    HostStatusSerializer,
     SchedulerReplySerializer,
     SchedulerRequestSerializer,
 )
@@ -190,6 +191,20 @@ class HostApi(WorkerApi):
         data.is_valid(raise_exception=True)
         host = host_update(host=request.auth, info=data.validated_data)
         return Response(HostReplySerializer({"host_id": host.pk}).data)
+
+    @extend_schema(operation_id="host_status", summary="This host's credit and results",
+                   responses={200: HostStatusSerializer, **ERRORS})
+    def get(self, request: Request) -> Response:
+        return Response(HostStatusSerializer(host_status(host=request.auth)).data)
+
+    @extend_schema(operation_id="host_detach", request=None,
+                   summary="Detach: retire this host and give back its tasks",
+                   description="The token stops working at once; tasks in progress go to other "
+                               "hosts without waiting for their deadlines.",
+                   responses={204: None, **ERRORS})
+    def delete(self, request: Request) -> Response:
+        host_detach(host=request.auth)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class SchedulerApi(WorkerApi):

@@ -159,6 +159,8 @@ class Result(TimestampedModel):
     acked_time = models.DateTimeField(null=True, blank=True, help_text="the host confirmed it")
     report_deadline = models.DateTimeField(null=True, blank=True)
     received_time = models.DateTimeField(null=True, blank=True)
+    fraction_done = models.FloatField(default=0.0, help_text="the host's last heartbeat")
+    progress_time = models.DateTimeField(null=True, blank=True)
     output = models.JSONField(null=True, blank=True)
     digest = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)

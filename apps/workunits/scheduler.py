@@ -30,6 +30,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import (
+    Count,
     Exists,
     ExpressionWrapper,
     F,
@@ -44,6 +45,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from apps.accounts.models import Host
+from apps.accounts.services import host_retire
 from worker_client import protocol
 
 from .models import Result, WorkUnit
@@ -51,6 +53,7 @@ from .states import CampaignState, Outcome, ServerState, ValidateState
 from .tasks import enqueue_transitions
 
 MAX_TASKS_PER_REQUEST = 32
+MAX_PROGRESS_ROWS = 256  # heartbeats recorded per request
 UPGRADE_COMMAND = f"pipx upgrade {protocol.CLIENT_NAME}"
 # Adaptive replication (reference §2.7): BOINC's CONS_VALID_UNREPLICATED.
 TRUST_AFTER_CONSECUTIVE_VALID = 10
@@ -124,6 +127,7 @@ def scheduler_request(*, host: Host, request: dict[str, Any], client_version: st
         touched |= _release_aborted(host, abort, rows, now)
         # A result stored by this request is over: acking it too could change nothing.
         _record_acks(host, set(request.get("acks", [])) - set(accepted), now)
+        _record_progress(host, request.get("progress", []), now)
         if touched:
             WorkUnit.objects.filter(pk__in=touched).update(transition_time=now, updated_at=now)
             _wake_transitioner(sorted(touched))
@@ -306,6 +310,46 @@ def _record_acks(host: Host, acks: Collection[int], now: datetime) -> None:
             pk__in=set(acks), host=host, server_state=ServerState.IN_PROGRESS,
             acked_time__isnull=True,
         ).update(acked_time=now, updated_at=now)
+
+
+def _record_progress(host: Host, progress: Sequence[dict[str, Any]], now: datetime) -> None:
+    """Heartbeats of long tasks: how far each has come (shown on the portal's pages)."""
+    for entry in progress[:MAX_PROGRESS_ROWS]:
+        Result.objects.filter(
+            pk=entry["result_id"], host=host, server_state=ServerState.IN_PROGRESS,
+        ).update(fraction_done=entry["fraction_done"], progress_time=now, updated_at=now)
+
+
+def host_status(*, host: Host) -> dict[str, Any]:
+    """The portal's figures for one host, for ``strategy-worker status``."""
+    counts = Result.objects.filter(host=host).aggregate(
+        in_progress=Count("pk", filter=Q(server_state=ServerState.IN_PROGRESS)),
+        pending=Count("pk", filter=Q(server_state=ServerState.OVER, outcome=Outcome.SUCCESS,
+                                     validate_state=ValidateState.INIT)))
+    return {"host_id": host.pk, "name": host.name, "total_credit": host.total_credit,
+            "rac": host.rac, "n_valid": host.n_valid, "n_invalid": host.n_invalid,
+            "n_errors": host.n_errors, "speed": host.speed, **counts}
+
+
+@transaction.atomic
+def host_detach(*, host: Host, now: datetime | None = None) -> int:
+    """The host leaves: its token is revoked and its tasks in progress go back to the pool at
+    once (BOINC's "client detached"), instead of waiting for their deadlines. Returns how many
+    tasks were given back."""
+    now = now or timezone.now()
+    _lock_volunteer(host.volunteer_id)
+    host_retire(host=host)
+    rows = list(Result.objects.filter(host=host, server_state=ServerState.IN_PROGRESS)
+                .values_list("pk", "workunit_id"))
+    _lock_workunits({workunit_id for _, workunit_id in rows})
+    touched = {workunit_id for pk, workunit_id in rows
+               if Result.objects.filter(pk=pk, server_state=ServerState.IN_PROGRESS).update(
+                   server_state=ServerState.OVER, outcome=Outcome.CLIENT_DETACHED,
+                   updated_at=now) == 1}
+    if touched:
+        WorkUnit.objects.filter(pk__in=touched).update(transition_time=now, updated_at=now)
+        _wake_transitioner(sorted(touched))
+    return len(touched)  # one replica per volunteer and work unit: one per task
 
 
 def _finite(value: Any) -> float:

@@ -185,6 +185,13 @@ class ReportedResultSerializer(StrictSerializer):
         return attrs
 
 
+class TaskProgressSerializer(StrictSerializer):
+    """``protocol.TaskProgress``: the heartbeat of a long task."""
+
+    result_id = IdField()
+    fraction_done = StrictFloatField(min_value=0.0, max_value=1.0)
+
+
 class SchedulerRequestSerializer(StrictSerializer):
     """``protocol.SchedulerRequest``."""
 
@@ -196,6 +203,8 @@ class SchedulerRequestSerializer(StrictSerializer):
                                  max_length=MAX_IDS_PER_LIST)
     in_progress = serializers.ListField(child=IdField(), required=False, default=list,
                                         max_length=MAX_IDS_PER_LIST)
+    progress = TaskProgressSerializer(many=True, required=False, default=list,
+                                      max_length=MAX_IDS_PER_LIST)
     free_slots = StrictIntegerField(min_value=0, max_value=MAX_FREE_SLOTS, required=False,
                                     default=0)
     work_seconds = StrictFloatField(min_value=0.0, max_value=MAX_WORK_SECONDS, required=False,
@@ -221,6 +230,21 @@ class AttachReplySerializer(serializers.Serializer):
 
 class HostReplySerializer(serializers.Serializer):
     host_id = serializers.IntegerField()
+
+
+class HostStatusSerializer(serializers.Serializer):
+    """What ``strategy-worker status`` shows of the portal's records for this host."""
+
+    host_id = serializers.IntegerField()
+    name = serializers.CharField()
+    total_credit = serializers.FloatField()
+    rac = serializers.FloatField(help_text="recent average credit (one-week half-life)")
+    n_valid = serializers.IntegerField()
+    n_invalid = serializers.IntegerField()
+    n_errors = serializers.IntegerField()
+    in_progress = serializers.IntegerField(help_text="tasks sent and not yet reported")
+    pending = serializers.IntegerField(help_text="results reported, waiting for validation")
+    speed = serializers.FloatField()
 
 
 class TaskSerializer(serializers.Serializer):

@@ -25,6 +25,7 @@ class Outcome(models.IntegerChoices):
     NO_REPLY = 4, "no reply"
     DIDNT_NEED = 5, "didn't need"
     VALIDATE_ERROR = 6, "validate error"
+    CLIENT_DETACHED = 7, "client detached"  # the host left the project; not its fault
 
 
 class ValidateState(models.IntegerChoices):

@@ -100,7 +100,7 @@ def _count(results: list[Result]) -> _Counts:
             c.nerrors += 1
         elif r.outcome == Outcome.NO_REPLY:
             c.nno_reply += 1
-        elif r.outcome == Outcome.DIDNT_NEED:
+        elif r.outcome in (Outcome.DIDNT_NEED, Outcome.CLIENT_DETACHED):
             c.ndidnt_need += 1
     return c
 

@@ -10,14 +10,7 @@ The portal's request delays are shortened (the clock is the one thing faked).
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import django_q.conf
 import pytest
 from django.db.models import Count, Sum
 
@@ -27,24 +20,12 @@ from apps.workunits.campaigns import campaign_start
 from apps.workunits.marketdata import dataset_create_synthetic
 from apps.workunits.models import Campaign, Result, Strategy, WorkUnit
 from apps.workunits.states import AssimilateState, CampaignState, ValidateState
+from tests.e2e.conftest import wait_until_finished
 from tests.factories import make_campaign, make_volunteer
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 ISLANDS, EPOCHS = 2, 2
 MINING_TIMEOUT = 240.0  # seconds; the campaign takes well under a minute
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def daemons_inline(monkeypatch):
-    """django-q2 in sync mode: enqueued daemon passes run at once, in the enqueuing thread."""
-    monkeypatch.setattr(django_q.conf.Conf, "SYNC", True)
-
-
-@pytest.fixture
-def quick_delays(settings):
-    settings.SCHEDULER_REQUEST_DELAY = 0.2
-    settings.SCHEDULER_NO_WORK_DELAY = 0.5
 
 
 @pytest.fixture
@@ -61,80 +42,6 @@ def small_campaign(settings, tmp_path) -> Campaign:
     return campaign
 
 
-class Workers:
-    """Worker processes started through the CLI; every one is stopped and reaped at the end."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.processes: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-
-    def env(self, name: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("DJANGO_", "DATABASE_URL", "PYTEST_"))}
-        env["STRATEGY_WORKER_HOME"] = str(self.root / name)
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
-
-    def cli(self, name: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "worker_client.cli", *args],
-                              cwd=PROJECT_DIR, env=self.env(name), capture_output=True,
-                              text=True, timeout=timeout)
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = self.root / f"{name}.log"
-        with open(log, "wb") as handle:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "worker_client.cli", "run", *args], cwd=PROJECT_DIR,
-                env=self.env(name), stdout=handle, stderr=subprocess.STDOUT)
-        self.processes.append((name, process, log))
-        return process
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {name} (exit {p.poll()}) ---\n{log.read_text()[-4000:]}"
-                         for name, p, log in self.processes)
-
-    def stop_all(self, timeout: float = 30.0) -> dict[str, int]:
-        """SIGTERM each (a clean stop), wait, and kill whatever is still there."""
-        for _, process, _ in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        codes = {}
-        deadline = time.monotonic() + timeout
-        for name, process, _ in self.processes:
-            try:
-                codes[name] = process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                codes[name] = process.wait(10)
-        return codes
-
-
-@pytest.fixture
-def workers(tmp_path):
-    workers = Workers(tmp_path / "workers")
-    yield workers
-    workers.stop_all(timeout=10.0)  # no orphans, whatever happened
-
-
-def _wait_until_finished(campaign: Campaign, workers: Workers) -> None:
-    deadline = time.monotonic() + MINING_TIMEOUT
-    while time.monotonic() < deadline:
-        campaign.refresh_from_db()
-        if campaign.state == CampaignState.FINISHED:
-            return
-        exited = [(name, p.returncode) for name, p, _ in workers.processes
-                  if p.poll() is not None]
-        if exited:
-            pytest.fail(f"a worker exited before the campaign finished: {exited}\n"
-                        f"{workers.logs()}")
-        time.sleep(0.5)
-    states = list(WorkUnit.objects.filter(campaign=campaign).values(
-        "island", "epoch", "need_validate", "error_mask", "assimilate_state",
-        "canonical_result"))
-    pytest.fail(f"campaign not finished after {MINING_TIMEOUT:.0f} s: {states}\n"
-                f"{workers.logs()}")
-
-
 def test_two_workers_mine_a_campaign_to_completion(live_server, daemons_inline, quick_delays,
                                                    small_campaign, workers):
     volunteers = [make_volunteer(), make_volunteer()]
@@ -146,7 +53,7 @@ def test_two_workers_mine_a_campaign_to_completion(live_server, daemons_inline, 
     for i in range(len(volunteers)):
         workers.start(f"w{i}", "--exit-when-idle", str(MINING_TIMEOUT))
 
-    _wait_until_finished(small_campaign, workers)
+    wait_until_finished(small_campaign, workers, timeout=MINING_TIMEOUT)
     codes = workers.stop_all()
     assert codes == {"w0": 0, "w1": 0}, workers.logs()  # SIGTERM is a clean stop
 

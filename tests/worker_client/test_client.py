@@ -27,10 +27,12 @@ from apps.workunits.models import Result
 from apps.workunits.states import CampaignState, Outcome, ServerState
 from tests.factories import make_campaign, make_host, make_volunteer
 from worker_client import __version__, runner
+from worker_client import host as host_use_cases
 from worker_client.client import PortalClient, RetryPolicy
 from worker_client.config import HOME_ENV, WorkerPaths, load_host_config
 from worker_client.exceptions import AuthError, ClientTooOld, ServerUnavailable
-from worker_client.protocol import SchedulerRequest, user_agent
+from worker_client.protocol import ReportedResult, SchedulerRequest, user_agent
+from worker_client.store import WorkerStore
 
 FAST_RETRY = RetryPolicy(attempts=4, base=0.01, cap=0.04)
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -76,7 +78,7 @@ def test_the_worker_client_never_imports_django():
 
 def test_attach_stores_the_host_token_and_never_the_account_key(live_server, paths):
     volunteer = make_volunteer()
-    config = runner.attach(server=live_server.url, account_key=volunteer.account_key,
+    config = host_use_cases.attach(server=live_server.url, account_key=volunteer.account_key,
                            name="attic box", paths=paths)
     host = volunteer.hosts.get()
     assert (config.host_id, config.name) == (host.pk, "attic box")
@@ -90,7 +92,7 @@ def test_attach_stores_the_host_token_and_never_the_account_key(live_server, pat
 def test_a_bad_account_key_is_an_auth_error_with_the_portals_message(live_server):
     with PortalClient(live_server.url, retry=FAST_RETRY) as client, \
             pytest.raises(AuthError) as caught:
-        client.attach(account_key="not-a-key", host=runner.host_info("box"))
+        client.attach(account_key="not-a-key", host=host_use_cases.host_info("box"))
     assert caught.value.status == 403
     assert caught.value.code == "invalid_account_key"
     assert str(caught.value) == ("That account key is not valid. Copy it again from your "
@@ -108,7 +110,7 @@ def test_an_old_client_gets_client_too_old_and_no_work(live_server, paths, one_t
     host = make_host()
     client = PortalClient(live_server.url, host.token, client_version="0.0.1",
                           retry=FAST_RETRY)
-    worker = runner.Runner(client, paths, runner.RunOptions(max_tasks=1))
+    worker = runner.Runner(client, WorkerStore(paths), runner.RunOptions(max_tasks=1))
     with pytest.raises(ClientTooOld, match="Upgrade it with: pipx upgrade strategy-worker"):
         worker.run()
     assert not Result.objects.filter(host=host).exists()
@@ -177,7 +179,7 @@ def test_busy_answers_are_retried_after_the_portals_retry_after(flaky_portal, mo
     monkeypatch.setattr(_FlakyPortal, "status", status)
     waits: list[float] = []
     client = PortalClient(url, token="tok", retry=FAST_RETRY, sleep=waits.append)
-    assert client.update_host(runner.host_info("box")) == 5
+    assert client.update_host(host_use_cases.host_info("box")) == 5
     assert waits == [2.0, 2.0]  # Retry-After outweighs the (millisecond) backoff
     assert len(_FlakyPortal.seen) == 3
     for headers in _FlakyPortal.seen:
@@ -192,7 +194,7 @@ def test_a_portal_that_keeps_failing_is_unavailable_with_its_message(flaky_porta
     monkeypatch.setattr(_FlakyPortal, "retry_after", None)
     client = PortalClient(url, token="tok", retry=FAST_RETRY, sleep=lambda s: None)
     with pytest.raises(ServerUnavailable, match=r"keeps answering 503 \(down for upgrade\)"):
-        client.update_host(runner.host_info("box"))
+        client.update_host(host_use_cases.host_info("box"))
     assert len(_FlakyPortal.seen) == FAST_RETRY.attempts
 
 
@@ -212,8 +214,8 @@ def test_a_result_stays_on_disk_until_the_portal_accepts_it(live_server, paths, 
     lossy.mount("http://", _DropReports())
     client = PortalClient(live_server.url, host.token, retry=RetryPolicy(attempts=1),
                           session=lossy)
-    summary = runner.Runner(client, paths, runner.RunOptions(max_tasks=1, exit_when_idle=1.0)
-                            ).run()
+    options = runner.RunOptions(max_tasks=1, exit_when_idle=1.0)
+    summary = runner.Runner(client, WorkerStore(paths), options).run()
 
     assert summary.tasks_run == 1 and summary.results_accepted == 0
     (stored,) = paths.results_dir.glob("*.json")
@@ -226,7 +228,7 @@ def test_a_result_stays_on_disk_until_the_portal_accepts_it(live_server, paths, 
 
     # The next run (a fresh process, say) finds the result on disk and reports it first.
     client = PortalClient(live_server.url, host.token, retry=FAST_RETRY)
-    summary = runner.Runner(client, paths, runner.RunOptions(max_tasks=0)).run()
+    summary = runner.Runner(client, WorkerStore(paths), runner.RunOptions(max_tasks=0)).run()
     assert summary.results_accepted == 1
     assert not stored.exists()
     result.refresh_from_db()
@@ -234,7 +236,7 @@ def test_a_result_stays_on_disk_until_the_portal_accepts_it(live_server, paths, 
     assert result.digest == reported["output"]["digest"]
 
     # Reporting it once more (a lost reply) is harmless: accepted again, stored once.
-    reply = client.scheduler(SchedulerRequest(results=[runner.ReportedResult(**reported)]))
+    reply = client.scheduler(SchedulerRequest(results=[ReportedResult(**reported)]))
     assert reply.accepted == [result.pk]
     result.refresh_from_db()
     assert result.digest == reported["output"]["digest"]
@@ -249,7 +251,7 @@ def test_a_corrupt_cached_data_set_is_deleted_and_fetched_again(live_server, pat
     cached.write_bytes(good[: len(good) // 2])  # a truncated earlier download
     host = make_host()
     client = PortalClient(live_server.url, host.token, retry=FAST_RETRY)
-    summary = runner.Runner(client, paths, runner.RunOptions(max_tasks=1)).run()
+    summary = runner.Runner(client, WorkerStore(paths), runner.RunOptions(max_tasks=1)).run()
     assert (summary.tasks_run, summary.tasks_failed, summary.results_accepted) == (1, 0, 1)
     assert cached.read_bytes() == good
     assert Result.objects.get(host=host).outcome == Outcome.SUCCESS
@@ -302,14 +304,15 @@ def test_sigterm_stops_a_task_cleanly_and_the_next_run_finishes_it(live_server, 
         code = _reap(worker, 15)
     first_run = log.read_text()
     assert code == 0, first_run
-    assert "SIGTERM received: finishing cleanly" in first_run
-    assert "will start again on the next run" in first_run
+    assert "SIGTERM received: checkpointing and stopping" in first_run
+    assert "1 task(s) to run and 0 result(s) to report are kept" in first_run
     (task_file,) = paths.tasks_dir.glob("*.json")
     assert not list(paths.results_dir.glob("*.json"))
 
     again = _worker(["run", "--max-tasks", "1"], home, log)
     assert _reap(again, 120) == 0, log.read_text()
-    assert "found 0 result(s) to report and 1 task(s) to run" in log.read_text()
+    assert "found 0 result(s) to report and 1 task(s) to run (1 from a checkpoint)" in \
+        log.read_text()
     assert not task_file.exists()
     assert not list(paths.results_dir.glob("*.json"))
     result = Result.objects.get(workunit__campaign=campaign)

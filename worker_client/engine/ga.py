@@ -232,6 +232,11 @@ class IslandEpoch:
         return self._generation
 
     @property
+    def evaluated(self) -> int:
+        """Distinct genomes backtested so far in this epoch."""
+        return len(self._evaluated)
+
+    @property
     def state(self) -> EpochState:
         return EpochState(
             task=self._task, generation=self._generation,
