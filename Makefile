@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 WHEEL_STAMP := var/dist/.built
 
-.PHONY: help install browser test lint bench bench-quick bench-scheduler demo engine-demo wheel clean
+.PHONY: help install browser test lint bench bench-quick bench-scheduler bench-faults demo engine-demo wheel clean
 
 help:
 	@echo "make demo         set up and run the demo"
@@ -13,6 +13,7 @@ help:
 	@echo "make bench        engine benchmark against vectorbt, backtesting.py and a numba loop"
 	@echo "make bench-quick  the same, reduced (under a minute)"
 	@echo "make bench-scheduler  tasks dispatched and reported per second (PostgreSQL, gunicorn)"
+	@echo "make bench-faults portal, cluster, PostgreSQL and workers restarted while mining"
 	@echo "make engine-demo  a local island search, no portal"
 	@echo "make wheel        build the worker client wheel the portal serves (var/dist/)"
 
@@ -47,6 +48,10 @@ bench-quick: $(STAMP)
 
 bench-scheduler: $(STAMP)
 	$(PY) bench/scheduler.py
+
+# Restarts the local PostgreSQL: not while something else uses it.
+bench-faults: $(STAMP)
+	$(PY) bench/faults.py
 
 demo: $(STAMP) $(WHEEL_STAMP)
 	$(PY) scripts/demo.py

@@ -20,6 +20,7 @@ from .exceptions import (
     ClientTooOld,
     ConfigError,
     ServerUnavailable,
+    StorageError,
     WorkerError,
 )
 
@@ -32,6 +33,7 @@ EXIT_CONFIG = 3
 EXIT_UNAVAILABLE = 4
 EXIT_AUTH = 5
 EXIT_TOO_OLD = 6
+EXIT_STORAGE = 7
 EXIT_INTERRUPTED = 130
 
 
@@ -147,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _exit_code(exc: WorkerError) -> int:
     for kind, code in ((ClientTooOld, EXIT_TOO_OLD), (AuthError, EXIT_AUTH),
+                       (StorageError, EXIT_STORAGE),
                        (ServerUnavailable, EXIT_UNAVAILABLE), (ConfigError, EXIT_CONFIG)):
         if isinstance(exc, kind):
             return code

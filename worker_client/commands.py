@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,12 +91,13 @@ def print_replay(replay: host.Replay, csv: str | None) -> None:
     s, m = replay.strategy, replay.metrics
     print(f"Strategy {s.get('strategy_id')} ({s.get('campaign', '')}): {replay.description}")
     print(f"In-sample bars [{s['start']}, {s['stop']}) of data set "
-          f"{s['dataset_sha256'][:12]}…: {m.trades} trades, total return "
+          f"{s['dataset_sha256'][:12]}…: {int(m.n_trades)} trades, total return "
           f"{100 * m.total_return:.2f} %, Sharpe {m.sharpe:.3f}, max drawdown "
           f"{100 * m.max_drawdown:.2f} %")
     expected = s.get("in_sample") or {}
     if expected:
-        same = expected.get("trades") == m.trades
+        same = expected.get("trades") == int(m.n_trades) and _close(expected.get("sharpe"),
+                                                                     m.sharpe)
         print(f"The portal's in-sample figures: {expected.get('trades')} trades, Sharpe "
               f"{expected.get('sharpe')}: {'the same' if same else 'DIFFERENT'}")
     ts = replay.timestamps
@@ -108,6 +110,14 @@ def print_replay(replay: host.Replay, csv: str | None) -> None:
     if csv:
         host.write_trades_csv(replay, Path(csv))
         print(f"Trades written to {csv}")
+
+
+def _close(expected: object, value: float) -> bool:
+    """The portal's figure, as JSON carried it (None for a figure that is not finite)."""
+    if expected is None:
+        return not math.isfinite(value)
+    return isinstance(expected, int | float) and math.isclose(expected, value, rel_tol=1e-12,
+                                                                abs_tol=1e-12)
 
 
 def _deadline(text: object) -> datetime | None:

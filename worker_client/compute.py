@@ -40,6 +40,7 @@ EXIT_FINISHED = 0  # the result file is written (success or a task error)
 EXIT_STOPPED = 3  # checkpointed and stopped on request: run it again later
 EXIT_BAD_DATA = 4  # the cached data set failed its checks: fetch it again, then rerun
 EXIT_ORPHANED = 5  # the runner died: checkpointed and stopped
+EXIT_STORAGE = 6  # a checkpoint or the result could not be written (disk full, read-only)
 
 PHASE_LOADING = "loading"
 PHASE_RUNNING = "running"
@@ -138,7 +139,11 @@ def run_job(job: Job, *, should_stop: Any, report: Any, clock: Any = time.monoto
     spent_wall = spent_cpu = 0.0
 
     def finish(result: ReportedResult) -> int:
-        write_json_atomic(Path(job.result_path), asdict(result))
+        try:
+            write_json_atomic(Path(job.result_path), asdict(result))
+        except OSError as exc:
+            log.error("cannot write the result of task %d: %s", job.result_id, exc)
+            return EXIT_STORAGE
         with contextlib.suppress(OSError):
             Path(job.checkpoint_path).unlink(missing_ok=True)
         return EXIT_FINISHED
@@ -203,7 +208,8 @@ def run_job(job: Job, *, should_stop: Any, report: Any, clock: Any = time.monoto
                 generation=epoch.generation, generations=spec.generations,
                 evaluated=epoch.evaluated, wall_time=elapsed(),
                 cpu_time=spent_cpu + time.process_time() - started_cpu)
-            write_atomic(Path(job.checkpoint_path), encode_checkpoint(info, epoch.state.to_bytes()))
+            write_atomic(Path(job.checkpoint_path),
+                         encode_checkpoint(info, epoch.state.to_bytes()))
 
         last_checkpoint = clock()
         tell(PHASE_RUNNING)
@@ -219,6 +225,9 @@ def run_job(job: Job, *, should_stop: Any, report: Any, clock: Any = time.monoto
         output = epoch.result().to_dict()
     except ValueError as exc:  # EpochError, SpaceError, GenomeError, engine DataError
         return failed(f"the engine refused the task: {exc}")
+    except OSError as exc:  # the checkpoint could not be written; the last whole one stays
+        log.error("cannot write the checkpoint of task %d: %s", job.result_id, exc)
+        return EXIT_STORAGE
     return finish(ReportedResult(
         result_id=job.result_id, status="success", output=output,
         cpu_time=spent_cpu + time.process_time() - started_cpu, wall_time=elapsed()))

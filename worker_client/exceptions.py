@@ -15,6 +15,7 @@ shows its traceback.
     │   ├── AuthError          bad account key or host token (401/403)
     │   └── ClientTooOld       this client version is refused: upgrade
     ├── DataError              a data set failed its checks (size, sha256) after retries
+    ├── StorageError           the worker's own files cannot be written (disk full, read-only)
     └── TaskError              a task this client's engine cannot run (reported as an error)
 """
 
@@ -69,3 +70,22 @@ class DataError(WorkerError):
 
 class TaskError(WorkerError):
     """A task's payload cannot be run by this client's engine (reported to the portal)."""
+
+
+class StorageError(WorkerError):
+    """The worker cannot write its files (disk full, read-only or not permitted). Files already
+    on disk are whole: every write is atomic, so the next ``run`` goes on from them."""
+
+
+def storage_error(exc: OSError, directory: object) -> StorageError:
+    """One actionable line for a failed write."""
+    import errno
+
+    why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+           errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(
+        exc.errno or 0, exc.strerror or str(exc))
+    if getattr(errno, "EDQUOT", None) == exc.errno:
+        why = "the disk quota is exceeded"
+    return StorageError(f"cannot write to {directory}: {why}; free some space (or fix the "
+                        "permissions) and run again — the tasks and results already saved "
+                        "there are kept")

@@ -39,16 +39,25 @@ from .compute import (
     EXIT_FINISHED,
     EXIT_ORPHANED,
     EXIT_STOPPED,
+    EXIT_STORAGE,
     PHASE_RUNNING,
     Job,
     Progress,
     start_method,
     task_main,
 )
-from .config import WorkerPaths, load_host_config
+from .config import HostConfig, WorkerPaths, load_host_config
 from .datasets import DatasetCache
 from .display import TaskView, WorkerView, make_display
-from .exceptions import AuthError, ClientTooOld, DataError, ServerUnavailable, WorkerError
+from .exceptions import (
+    AuthError,
+    ClientTooOld,
+    DataError,
+    ServerUnavailable,
+    StorageError,
+    WorkerError,
+    storage_error,
+)
 from .planning import PlannedTask, eta_seconds, plan, work_request
 from .protocol import (
     REASON_CLIENT_TOO_OLD,
@@ -134,6 +143,14 @@ def run(*, options: RunOptions, paths: WorkerPaths | None = None,
     paths = paths or WorkerPaths.default()
     config = load_host_config(paths)
     store = WorkerStore(paths)
+    try:
+        return _run_locked(store, config, options, retry)
+    except OSError as exc:  # our own files (the lock, the directories), not the network
+        raise storage_error(exc, paths.data_dir) from None
+
+
+def _run_locked(store: WorkerStore, config: HostConfig, options: RunOptions,
+                retry: RetryPolicy | None) -> RunSummary:
     with store.lock():
         # Few quick retries per call: the loop itself backs off and keeps computing meanwhile.
         retry = retry or RetryPolicy(attempts=2, base=0.5, cap=2.0)
@@ -221,6 +238,12 @@ class Runner:
         return self._summary
 
     def _pass(self) -> None:
+        try:
+            self._pass_once()
+        except OSError as exc:  # our own files: tasks, results, the cache
+            raise storage_error(exc, self.store.paths.data_dir) from None
+
+    def _pass_once(self) -> None:
         self._read_progress()
         self._reap()
         self._start_tasks()
@@ -284,6 +307,11 @@ class Runner:
             code = -1  # exited 0 without a result: treat it as a crash
         if code in (EXIT_STOPPED, EXIT_ORPHANED):
             return  # checkpointed: runs again from there
+        if code == EXIT_STORAGE:
+            raise StorageError(
+                f"task {rid} could not write its checkpoint or result in "
+                f"{self.store.paths.data_dir} (the disk is full or read-only); free some space "
+                "and run again — the tasks and results already saved there are kept")
         if code == EXIT_BAD_DATA:
             log.warning("data set %s… failed its check; fetching it again",
                         held.task.dataset_sha256[:12])

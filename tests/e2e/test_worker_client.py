@@ -269,3 +269,32 @@ def test_detach_gives_back_unfinished_tasks_and_revokes_the_token(
     assert not Path(paths.config_file).exists()
     again = workers.cli("d", "status")
     assert again.returncode == 3 and "not attached" in again.stderr
+
+
+def test_benchmark_measures_this_machine_and_tells_the_portal(live_server, media, workers):
+    _attach(workers, "bench", live_server.url)
+    done = workers.cli("bench", "benchmark", "--seconds", "1")
+    assert done.returncode == 0, done.stderr
+    assert "candle-evaluations per core" in done.stdout and "reported to the portal" in done.stdout
+    host = Host.objects.get(name="bench")
+    assert host.speed > 1e6  # candle-evaluations per second: this engine does tens of millions
+    state = json.loads((workers.home("bench") / "data" / "host_state.json").read_text())
+    assert state["speed"] == pytest.approx(host.speed)
+
+
+def test_replay_backtests_a_hall_of_fame_strategy_here_with_the_portals_trades(
+        live_server, daemons_inline, quick_delays, media, workers, tmp_path):
+    from apps.workunits.models import Strategy
+
+    campaign = _campaign(bars=6_000, islands=1, epochs=1, generations=6, population=16,
+                         quorum=1, seed=15)
+    _attach(workers, "r", live_server.url)
+    assert workers.start("r", "--cpus", "1", "--max-tasks", "1").wait(TIMEOUT) == 0
+    strategy = Strategy.objects.filter(campaign=campaign).order_by("-fitness").first()
+    assert strategy is not None, "the epoch produced no hall-of-fame strategy"
+    csv = tmp_path / "trades.csv"
+    done = workers.cli("r", "replay", "--strategy", str(strategy.pk), "--csv", str(csv))
+    assert done.returncode == 0, done.stderr
+    assert "the same" in done.stdout and "DIFFERENT" not in done.stdout
+    trades = strategy.in_sample["n_trades"]
+    assert len(csv.read_text().splitlines()) == trades + 1  # a header, then one row per trade
