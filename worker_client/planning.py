@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from .protocol import MAX_WORK_SECONDS
+
 # A guess for the first tasks, before the host has been measured: a modest laptop core.
 DEFAULT_SPEED = 5e7
 MAX_QUEUED_PER_SLOT = 8  # never hold more tasks than this per slot, whatever their size
@@ -56,6 +58,7 @@ def work_request(*, slots: int, buffer_seconds: float, held: Sequence[PlannedTas
         want = max(want, 1.0)  # an idle slot always asks for work
     if want <= 0:
         return 0, 0.0
+    want = min(want, MAX_WORK_SECONDS)
     # The count only caps the reply; the portal stops at ``want`` seconds for our speed.
     return min(room, slots), want
 

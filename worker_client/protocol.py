@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 PROTOCOL_VERSION = 1
+MAX_WORK_SECONDS = 28 * 86_400  # the most work one request may ask for (the portal refuses more)
 CLIENT_NAME = "strategy-worker"
 TASK_KIND = "island_epoch"
 

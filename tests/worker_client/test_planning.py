@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from worker_client.planning import PlannedTask, eta_seconds, plan, remaining_seconds, work_request
+from worker_client.protocol import MAX_WORK_SECONDS
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 SPEED = 1e6  # candle-evaluations per second and core
@@ -69,3 +70,8 @@ def test_running_tasks_hold_their_slots_in_the_simulation():
 def test_eta_from_progress():
     assert eta_seconds(fraction_done=0.25, elapsed=30) == 90
     assert eta_seconds(fraction_done=0.0, elapsed=30) is None
+
+
+def test_a_huge_buffer_asks_for_no_more_than_the_protocol_allows():
+    _, seconds = work_request(slots=64, buffer_seconds=240 * 3600, held=[], speed=SPEED)
+    assert seconds == MAX_WORK_SECONDS
