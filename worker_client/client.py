@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -97,11 +97,9 @@ class PortalClient:
 
     @token.setter
     def token(self, value: str | None) -> None:
+        # Not a session header: it goes only to the portal's own origin (see ``_send``), never
+        # to another host a URL in a reply might name.
         self._token = value
-        if value:
-            self.session.headers["Authorization"] = f"Token {value}"
-        else:
-            self.session.headers.pop("Authorization", None)
 
     def close(self) -> None:
         self.session.close()
@@ -206,6 +204,9 @@ class PortalClient:
     def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         url = self.url(path)
         timeout = (self.timeouts.connect, self.timeouts.read)
+        if self._token and _origin(url) == _origin(self.server):
+            kwargs["headers"] = {**kwargs.get("headers", {}),
+                                 "Authorization": f"Token {self._token}"}
         for attempt in range(1, self.retry.attempts + 1):
             last = attempt == self.retry.attempts
             try:
@@ -251,6 +252,11 @@ class PortalClient:
         if status in (401, 403):
             return AuthError(message, code=code, status=status)
         return ServerRefused(f"{message} (HTTP {status}, {code})", code=code, status=status)
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
 
 
 def normalize_server_url(server: str) -> str:

@@ -30,7 +30,7 @@ from worker_client import __version__, runner
 from worker_client import host as host_use_cases
 from worker_client.client import PortalClient, RetryPolicy
 from worker_client.config import HOME_ENV, WorkerPaths, load_host_config
-from worker_client.exceptions import AuthError, ClientTooOld, ServerUnavailable
+from worker_client.exceptions import AuthError, ClientTooOld, ServerUnavailable, WorkerError
 from worker_client.protocol import ReportedResult, SchedulerRequest, user_agent
 from worker_client.store import WorkerStore
 
@@ -156,6 +156,12 @@ class _FlakyPortal(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_GET(self):
+        type(self).seen.append(dict(self.headers))
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def log_message(self, *args):
         pass
@@ -317,3 +323,17 @@ def test_sigterm_stops_a_task_cleanly_and_the_next_run_finishes_it(live_server, 
     assert not list(paths.results_dir.glob("*.json"))
     result = Result.objects.get(workunit__campaign=campaign)
     assert (result.server_state, result.outcome) == (ServerState.OVER, Outcome.SUCCESS)
+
+
+def test_the_host_token_goes_to_the_portal_only_never_to_another_origin(flaky_portal,
+                                                                        monkeypatch, tmp_path):
+    _, url = flaky_portal
+    monkeypatch.setattr(_FlakyPortal, "failures", 0)
+    other = url.replace("127.0.0.1", "localhost")  # the same server under another origin
+    client = PortalClient(url, token="tok", retry=FAST_RETRY, sleep=lambda s: None)
+    client.update_host(host_use_cases.host_info("box"))
+    with pytest.raises(WorkerError):  # the fake portal serves no file; the headers matter
+        client.download(f"{other}/api/v1/datasets/x/", tmp_path / "x", expected_sha256="0" * 64)
+    own, foreign = _FlakyPortal.seen[0], _FlakyPortal.seen[-1]
+    assert own["Authorization"] == "Token tok"
+    assert "Authorization" not in foreign
