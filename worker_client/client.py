@@ -33,6 +33,7 @@ from .exceptions import (
     ClientTooOld,
     ConfigError,
     DataError,
+    Interrupted,
     ProtocolError,
     ServerRefused,
     ServerUnavailable,
@@ -127,6 +128,11 @@ class PortalClient:
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"the portal's host reply lacks {exc}") from None
 
+    def get_json(self, path: str) -> dict[str, Any]:
+        """GET a JSON object from the portal (an API path or a site path such as
+        ``/strategies/7/genome.json``)."""
+        return self._json("GET", path)
+
     def host_status(self) -> dict[str, Any]:
         """The portal's figures for this host: credit, RAC, results valid/invalid/pending."""
         return self._json("GET", "host/")
@@ -145,12 +151,15 @@ class PortalClient:
         return reply
 
     def download(self, url: str, dest: Path, *, expected_sha256: str,
-                 expected_size: int | None = None) -> Path:
+                 expected_size: int | None = None,
+                 should_stop: Callable[[], bool] = lambda: False) -> Path:
         """Stream ``url`` into ``dest`` and check its size and sha256 before keeping it.
 
         The bytes go to a temporary file beside ``dest``, renamed over it only when they check
-        out; a bad download is deleted and raises :class:`DataError` (the caller decides
-        whether to try again). Connection failures are retried like any other call.
+        out. Bytes that do not check out raise :class:`DataError` (the caller decides whether to
+        try again); a connection that breaks off raises :class:`ServerUnavailable`, like any
+        other call that cannot reach the portal; ``should_stop`` (checked per chunk) aborts
+        with :class:`Interrupted`.
         """
         tmp = dest.with_name(f".{dest.name}.{random.getrandbits(32):08x}.part")
         digest = hashlib.sha256()
@@ -160,18 +169,23 @@ class PortalClient:
             try:
                 with open(tmp, "wb") as handle:
                     for chunk in response.iter_content(DOWNLOAD_CHUNK):
+                        if should_stop():
+                            raise Interrupted("the download was stopped")
                         handle.write(chunk)
                         digest.update(chunk)
                         size += len(chunk)
+                        if expected_size is not None and size > expected_size:
+                            break  # already too long: no need to fetch the rest
                     handle.flush()
             except requests.RequestException as exc:
-                raise DataError(f"the download of {url} broke off after {size:,} bytes "
-                                f"({_why(exc)})") from None
+                raise ServerUnavailable(f"the download of {url} broke off ({_why(exc)})"
+                                        ) from None
             finally:
                 response.close()
             if expected_size is not None and size != expected_size:
-                raise DataError(f"the data set from {url} has {size:,} bytes, "
-                                f"expected {expected_size:,}")
+                raise DataError(f"the data set from {url} has {size:,}"
+                                f"{'+' if size > expected_size else ''} bytes, expected "
+                                f"{expected_size:,}")
             if digest.hexdigest() != expected_sha256:
                 raise DataError(f"the data set from {url} has sha256 {digest.hexdigest()[:12]}…, "
                                 f"expected {expected_sha256[:12]}…")

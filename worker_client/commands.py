@@ -102,7 +102,7 @@ def print_replay(replay: host.Replay, csv: str | None) -> None:
               f"{expected.get('sharpe')}: {'the same' if same else 'DIFFERENT'}")
     ts = replay.timestamps
     for t in replay.trades[:50]:
-        print(f"  {host._iso(ts[t['entry_bar']])} → {host._iso(ts[t['exit_bar']])}  "
+        print(f"  {host.bar_time(ts[t['entry_bar']])} → {host.bar_time(ts[t['exit_bar']])}  "
               f"{'long ' if t['side'] > 0 else 'short'} {t['entry_price']:>12.2f} → "
               f"{t['exit_price']:>12.2f}  pnl {t['pnl']:>12.2f}  {t['exit_reason']}")
     if len(replay.trades) > 50:

@@ -31,7 +31,7 @@ from typing import Any
 from .config import write_atomic, write_json_atomic
 from .exceptions import TaskError
 from .protocol import ENGINE_FORMAT, TASK_KIND, ReportedResult
-from .store import CheckpointInfo, decode_checkpoint, encode_checkpoint
+from .store import CheckpointInfo, decode_checkpoint, encode_checkpoint, epoch_fraction
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,7 @@ class Progress:
 
     @property
     def fraction_done(self) -> float:
-        # The start population costs about one generation: count it as one.
-        return min(1.0, (self.generation + 1) / (self.generations + 1)) if self.bars else 0.0
+        return epoch_fraction(self.generation, self.generations) if self.bars else 0.0
 
 
 @dataclass(frozen=True)
@@ -124,9 +123,15 @@ def task_main(job: Job, stop: Any, progress: Any) -> None:
     # Ctrl-C in a terminal reaches the whole process group: only the runner decides.
     with contextlib.suppress(ValueError, AttributeError):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM sent to the whole group (a service manager stopping us): checkpoint, then exit.
+    terminated: list[int] = []
+    with contextlib.suppress(ValueError, AttributeError):
+        signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
+    # Progress reports are advisory: never let unsent ones keep this process from exiting.
+    progress.cancel_join_thread()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s task %(process)d: %(message)s")
-    sys.exit(run_job(job, should_stop=lambda: stop.is_set() or _orphaned(),
+    sys.exit(run_job(job, should_stop=lambda: bool(terminated) or stop.is_set() or _orphaned(),
                      report=progress.put))
 
 

@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -141,12 +142,25 @@ def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        _replace(tmp_name, path)
         fsync_directory(path.parent)  # the rename too must survive a power cut
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def _replace(source: str, target: Path, attempts: int = 5) -> None:
+    """``os.replace``, retried briefly: on Windows it fails while another process (a virus
+    scanner, an indexer) holds the target open for a moment."""
+    for attempt in range(attempts):
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if os.name != "nt" or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
 
 
 def write_json_atomic(path: Path, value: Any, *, private: bool = False) -> None:

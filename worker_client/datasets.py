@@ -17,11 +17,11 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from .client import PortalClient
-from .exceptions import DataError
+from .exceptions import DataError, Interrupted
 from .store import try_lock
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 SUFFIX = ".sahc"
 DOWNLOAD_ATTEMPTS = 3
 DEFAULT_LIMIT_BYTES = 2 * 2**30
+LOCK_POLL_SECONDS = 0.2
+STALE_PART_SECONDS = 3600.0
+RECENTLY_USED_SECONDS = 600.0  # never evicted: another worker may be about to read it
 
 
 class DatasetCache:
@@ -47,25 +50,27 @@ class DatasetCache:
         except OSError:
             return set()
 
-    def fetch(self, client: PortalClient, *, sha256: str, url: str, size: int | None) -> Path:
+    def fetch(self, client: PortalClient, *, sha256: str, url: str, size: int | None,
+              should_stop: Callable[[], bool] = lambda: False) -> Path:
         """The cached file for ``sha256``, downloaded first if it is not there.
 
-        Raises DataError when ``DOWNLOAD_ATTEMPTS`` downloads in a row fail their checks.
+        Raises DataError when ``DOWNLOAD_ATTEMPTS`` downloads in a row fail their checks,
+        ServerUnavailable when the portal cannot be reached, Interrupted on ``should_stop``.
         """
         path = self.path(sha256)
         self.directory.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".lock"), "a+b") as lock:
-            try_lock(lock, blocking=True)  # another worker may be fetching the same file
+        with self._locked(sha256, should_stop):  # another worker may be fetching it
             if path.exists():
                 _touch(path)
                 return path
+            self._remove_stale_parts()
             problem = ""
             for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
                 log.info("downloading data set %s… (%s bytes)", sha256[:12],
                          f"{size:,}" if size else "?")
                 try:
                     client.download(url, path, expected_sha256=sha256.lower(),
-                                    expected_size=size or None)
+                                    expected_size=size or None, should_stop=should_stop)
                 except DataError as exc:
                     problem = str(exc)
                     log.warning("download attempt %d: %s", attempt, exc)
@@ -77,12 +82,27 @@ class DatasetCache:
     def discard(self, sha256: str) -> None:
         """Delete a cached file that failed its checks (under the lock: never mid-download)."""
         path = self.path(sha256)
-        with open(path.with_suffix(".lock"), "a+b") as lock:
-            try_lock(lock, blocking=True)
+        with self._locked(sha256, lambda: False):
             try:
                 path.unlink(missing_ok=True)
             except OSError as exc:
                 log.warning("could not delete %s: %s", path, exc)
+
+    @contextlib.contextmanager
+    def _locked(self, sha256: str, should_stop: Callable[[], bool]) -> Iterator[None]:
+        with open(self.path(sha256).with_suffix(".lock"), "a+b") as lock:
+            while not try_lock(lock):
+                if should_stop():
+                    raise Interrupted("stopped while another worker downloads the data set")
+                time.sleep(LOCK_POLL_SECONDS)
+            yield  # closing the file releases the lock
+
+    def _remove_stale_parts(self) -> None:
+        """Partial downloads a killed process left behind (a live one touches its file)."""
+        for part in self.directory.glob(".*.part"):
+            with contextlib.suppress(OSError):
+                if time.time() - part.stat().st_mtime > STALE_PART_SECONDS:
+                    part.unlink()
 
     def evict(self, *, keep: Collection[str] = ()) -> list[str]:
         """Delete least recently used files until the cache fits its limit; returns their sha."""
@@ -94,11 +114,11 @@ class DatasetCache:
             return []
         total = sum(size for _, size, _ in files)
         removed = []
-        for _, size, path in sorted(files):
+        for mtime, size, path in sorted(files):
             if total <= self.limit_bytes:
                 break
-            if path.stem in keep:
-                continue
+            if path.stem in keep or time.time() - mtime < RECENTLY_USED_SECONDS:
+                continue  # ours, or just fetched or used by another worker sharing the cache
             try:
                 path.unlink()  # a process reading it keeps its open copy (POSIX)
             except OSError:  # e.g. open on Windows: try again next time

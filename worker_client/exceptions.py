@@ -16,6 +16,7 @@ shows its traceback.
     │   └── ClientTooOld       this client version is refused: upgrade
     ├── DataError              a data set failed its checks (size, sha256) after retries
     ├── StorageError           the worker's own files cannot be written (disk full, read-only)
+    ├── Interrupted            a stop was asked for while waiting (a download, a lock)
     └── TaskError              a task this client's engine cannot run (reported as an error)
 """
 
@@ -70,6 +71,10 @@ class DataError(WorkerError):
 
 class TaskError(WorkerError):
     """A task's payload cannot be run by this client's engine (reported to the portal)."""
+
+
+class Interrupted(WorkerError):
+    """The worker was asked to stop while it waited on a download or a lock."""
 
 
 class StorageError(WorkerError):

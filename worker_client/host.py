@@ -21,8 +21,8 @@ from .client import PortalClient, RetryPolicy
 from .config import HostConfig, WorkerPaths, load_host_config, save_host_config
 from .datasets import DatasetCache
 from .exceptions import ConfigError, DataError, ProtocolError, WorkerError
-from .protocol import HostInfo, SchedulerRequest
-from .store import WorkerStore, try_lock
+from .protocol import MAX_RESULTS_PER_REQUEST, HostInfo, SchedulerRequest
+from .store import LOCK_FILE, WorkerStore, try_lock
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def status(*, paths: WorkerPaths | None = None, offline: bool = False) -> Status
             tasks.append({
                 "result_id": task.result_id, "name": task.name,
                 "state": "checkpointed" if info else "queued",
-                "fraction_done": (info.generation + 1) / (info.generations + 1) if info else 0.0,
+                "fraction_done": info.fraction_done if info else 0.0,
                 "generation": info.generation if info else 0,
                 "generations": info.generations if info else 0,
                 "deadline": task.deadline, "credit": task.credit})
@@ -110,7 +110,7 @@ def status(*, paths: WorkerPaths | None = None, offline: bool = False) -> Status
 
 
 def _run_in_progress(store: WorkerStore) -> bool:
-    lock_path = store.paths.data_dir / "run.lock"
+    lock_path = store.paths.data_dir / LOCK_FILE
     if not lock_path.exists():
         return False
     with open(lock_path, "a+b") as handle:
@@ -194,27 +194,34 @@ def detach(*, paths: WorkerPaths | None = None, force: bool = False) -> DetachRe
     store = WorkerStore(paths)
     with store.lock():  # never while a `run` uses the directory
         results = store.load_results()
-        reported, told = 0, False
+        total, told = len(results), False
         try:
             with PortalClient(config.server, config.token, retry=INTERACTIVE_RETRY) as client:
-                if results:
-                    reply = client.scheduler(SchedulerRequest(results=list(results.values())))
-                    done = set(reply.accepted) | {int(r.get("result_id", -1))
-                                                  for r in reply.rejected}
-                    reported = len(done & set(results))
-                    for rid in done:
-                        store.drop_result(rid)
+                pending = list(results.values())
+                while pending:
+                    batch, pending = pending[:MAX_RESULTS_PER_REQUEST], \
+                        pending[MAX_RESULTS_PER_REQUEST:]
+                    reply = client.scheduler(SchedulerRequest(results=batch))
+                    for rid in set(reply.accepted) | {int(r.get("result_id", -1))
+                                                      for r in reply.rejected}:
+                        if results.pop(rid, None) is not None:
+                            store.drop_result(rid)
+                if results:  # never forget a finished result the portal does not have
+                    raise WorkerError(f"the portal did not acknowledge {len(results)} "
+                                      "finished result(s)")
                 client.detach()
                 told = True
         except WorkerError as exc:
             if not force:
-                raise WorkerError(f"{exc}; nothing was changed. Try again later, or detach "
-                                  "anyway with --force") from None
+                raise WorkerError(f"{exc}; nothing else was changed. Try again later, or "
+                                  "detach anyway with --force (unreported results are then "
+                                  "lost)") from None
             log.warning("%s; detaching locally anyway (--force)", exc)
+        reported = total - len(results)
         tasks = store.load_tasks()
         for task, _ in tasks:
             store.drop_task(task.result_id)
-        for rid in store.load_results():
+        for rid in results:  # only with --force: what the portal never acknowledged
             store.drop_result(rid)
         paths.config_file.unlink(missing_ok=True)
     return DetachResult(server=config.server, reported=reported, dropped_tasks=len(tasks),
@@ -250,9 +257,8 @@ def replay(*, strategy_id: int, server: str | None = None,
     token = config.token if config and (server is None or
                                         _same_origin(server, config.server)) else None
     with PortalClient(base, token, retry=INTERACTIVE_RETRY) as client:
-        response = client._send("GET", f"/strategies/{strategy_id}/genome.json")
+        spec = client.get_json(f"/strategies/{strategy_id}/genome.json")
         try:
-            spec = response.json()
             genome = Genome.from_dict(spec["genome"])
             costs = Costs(**spec.get("costs", {}))
             start, stop = int(spec["start"]), int(spec["stop"])
@@ -288,14 +294,14 @@ def write_trades_csv(replay: Replay, path: Path) -> None:
     ts = replay.timestamps
     for t in replay.trades:
         lines.append(",".join([
-            _iso(ts[t["entry_bar"]]), _iso(ts[t["exit_bar"]]),
+            bar_time(ts[t["entry_bar"]]), bar_time(ts[t["exit_bar"]]),
             "long" if t["side"] > 0 else "short", repr(float(t["entry_price"])),
             repr(float(t["exit_price"])), repr(float(t["units"])), repr(float(t["pnl"])),
             str(t["exit_reason"])]))
     write_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
-def _iso(ms: Any) -> str:
+def bar_time(ms: Any) -> str:
     return datetime.fromtimestamp(int(ms) / 1000, UTC).strftime("%Y-%m-%d %H:%M")
 
 

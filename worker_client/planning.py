@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .protocol import MAX_WORK_SECONDS
+from .protocol import MAX_FREE_SLOTS, MAX_WORK_SECONDS
 
 # A guess for the first tasks, before the host has been measured: a modest laptop core.
 DEFAULT_SPEED = 5e7
@@ -60,7 +60,7 @@ def work_request(*, slots: int, buffer_seconds: float, held: Sequence[PlannedTas
         return 0, 0.0
     want = min(want, MAX_WORK_SECONDS)
     # The count only caps the reply; the portal stops at ``want`` seconds for our speed.
-    return min(room, slots), want
+    return min(room, slots, MAX_FREE_SLOTS), want
 
 
 @dataclass(frozen=True)

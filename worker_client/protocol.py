@@ -21,7 +21,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 PROTOCOL_VERSION = 1
-MAX_WORK_SECONDS = 28 * 86_400  # the most work one request may ask for (the portal refuses more)
+# Limits of one scheduler request (the portal refuses more).
+MAX_WORK_SECONDS = 28 * 86_400  # work asked for
+MAX_RESULTS_PER_REQUEST = 32  # results reported
+MAX_FREE_SLOTS = 256  # tasks asked for
 CLIENT_NAME = "strategy-worker"
 TASK_KIND = "island_epoch"
 

@@ -53,6 +53,9 @@ from .exceptions import (
     AuthError,
     ClientTooOld,
     DataError,
+    Interrupted,
+    ProtocolError,
+    ServerRefused,
     ServerUnavailable,
     StorageError,
     WorkerError,
@@ -60,6 +63,7 @@ from .exceptions import (
 )
 from .planning import PlannedTask, eta_seconds, plan, work_request
 from .protocol import (
+    MAX_RESULTS_PER_REQUEST,
     REASON_CLIENT_TOO_OLD,
     REASON_HOST_RETIRED,
     REASON_NOT_ASKED,
@@ -73,7 +77,6 @@ from .store import WorkerStore
 
 log = logging.getLogger(__name__)
 
-REPORT_BATCH = 32  # results per request: the portal's limit
 MAX_CRASHES = 3  # a task whose process dies this many times is reported as an error
 TICK = 0.2  # seconds between passes of the loop
 HEARTBEAT_SECONDS = 300.0  # tell the portal how running tasks progress at least this often
@@ -298,6 +301,7 @@ class Runner:
         if running.aborted:
             log.info("task %d is no longer needed (the portal has its answer); stopped", rid)
             self._forget(rid)
+            self.store.drop_result(rid)  # had it finished meanwhile, no one wants it now
             return
         if code == EXIT_FINISHED:
             result = self.store.read_result(self.store.result_path(rid))
@@ -371,7 +375,8 @@ class Runner:
                      running=[_planned(r.held) for r in self._running.values()],
                      slots=self.slots, speed=self.speed).order
         for rid in order:
-            if len(self._running) >= self.slots or self._stop:
+            if len(self._running) >= self.slots or self._stop or \
+                    self._clock() < self._download_after:
                 return
             held = self._held[rid]
             started = held.progress is not None or self.store.checkpoint_info(rid) is not None
@@ -387,7 +392,10 @@ class Runner:
         task = held.task
         try:
             path = self.cache.fetch(self.client, sha256=task.dataset_sha256,
-                                    url=task.dataset_url, size=task.dataset_size)
+                                    url=task.dataset_url, size=task.dataset_size,
+                                    should_stop=lambda: self._stop)
+        except Interrupted:
+            return  # stopping: the task stays queued for the next run
         except ServerUnavailable as exc:
             self._download_after = self._clock() + self._backoff()
             self._session.message = "data set download failed; trying again in " \
@@ -418,7 +426,10 @@ class Runner:
             running.stop.set()
         deadline = self._clock() + STOP_GRACE_SECONDS
         for running in list(self._running.values()):
-            running.process.join(max(0.1, deadline - self._clock()))
+            # Keep reading their queue meanwhile: a child exits only once its reports are out.
+            while running.process.is_alive() and self._clock() < deadline:
+                self._read_progress()
+                running.process.join(0.1)
             if running.process.is_alive():
                 log.warning("task %d did not stop in time; killed (its last checkpoint stays)",
                             running.held.task.result_id)
@@ -458,7 +469,7 @@ class Runner:
     def _contact(self) -> None:
         free_slots, work_seconds = self._work_request()
         request = SchedulerRequest(
-            results=list(self._results.values())[:REPORT_BATCH],
+            results=list(self._results.values())[:MAX_RESULTS_PER_REQUEST],
             acks=list(self._session.acks),
             in_progress=sorted(self._held),
             progress=[TaskProgress(rid, round(h.progress.fraction_done, 4))
@@ -468,8 +479,12 @@ class Runner:
             datasets=sorted(self.cache.held())[:100],
         )
         try:
-            reply = self.client.scheduler(request)  # raises ClientTooOld, AuthError, …
-        except ServerUnavailable as exc:
+            reply = self.client.scheduler(request)
+        except (AuthError, ClientTooOld):
+            raise  # the volunteer must act: attach again, or upgrade
+        except (ServerUnavailable, ProtocolError, ServerRefused) as exc:
+            # Unreachable, or something between us answers nonsense (a proxy, a captive
+            # portal): compute on and ask again later.
             wait = self._backoff()
             self._session.message = f"portal unreachable; trying again in {wait:.0f} s"
             log.warning("%s; computing on, trying again in %.0f s", exc, wait)
@@ -590,7 +605,7 @@ class Runner:
                 state = "queued"
             info = self.store.checkpoint_info(rid) if progress is None else None
             fraction = progress.fraction_done if progress else (
-                (info.generation + 1) / (info.generations + 1) if info else 0.0)
+                info.fraction_done if info else 0.0)
             speed = (progress.evaluated * progress.bars / progress.seconds
                      if progress and progress.seconds > 0 and progress.bars else 0.0)
             views.append(TaskView(

@@ -45,6 +45,15 @@ class CheckpointInfo:
     cpu_time: float  # seconds of CPU spent on the task so far, over every run
     wall_time: float  # seconds of wall time spent computing so far
 
+    @property
+    def fraction_done(self) -> float:
+        return epoch_fraction(self.generation, self.generations)
+
+
+def epoch_fraction(generation: int, generations: int) -> float:
+    """How far an epoch has come: the start population costs about one generation too."""
+    return min(1.0, (generation + 1) / (generations + 1))
+
 
 def encode_checkpoint(info: CheckpointInfo, state: bytes) -> bytes:
     header = json.dumps(asdict(info), sort_keys=True).encode()

@@ -60,15 +60,12 @@ def _wheel_files() -> dict[str, tuple[Path, str]]:
 
 
 def wheel_current() -> Wheel | None:
-    """The wheel of this checkout's client version, else the newest wheel there, else None."""
-    files = _wheel_files()
-    if not files:
-        return None
-    for path, version in files.values():
+    """The wheel of this portal's own client version, or None (never an older or newer one:
+    a client the portal might refuse, or that speaks another protocol)."""
+    for path, version in _wheel_files().values():
         if version == worker_client.__version__:
             return _wheel(path, version)
-    path, version = max(files.values(), key=lambda item: item[0].stat().st_mtime_ns)
-    return _wheel(path, version)
+    return None
 
 
 def wheel_path(filename: str) -> Path | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -20,7 +21,7 @@ from django.urls import reverse, reverse_lazy
 from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.views.decorators.cache import cache_control, never_cache
-from django.views.decorators.http import require_POST, require_safe
+from django.views.decorators.http import require_GET, require_POST, require_safe
 
 from apps.accounts import selectors as account_selectors
 from apps.accounts import services as account_services
@@ -28,21 +29,28 @@ from apps.accounts.models import Volunteer
 from apps.common.errors import ApplicationError
 from apps.credit import selectors as credit_selectors
 from apps.credit.services import CREDIT_HALF_LIFE_SECONDS, SECONDS_PER_DAY
+from apps.workunits.scheduler import host_detach
 
-from . import downloads
+from . import downloads, login_limit
 from .forms import JoinForm, TeamCreateForm, TeamSearchForm
 from .svg_charts import line_chart
 
 PER_PAGE = 50
 STATS_PER_PAGE = 1000
-# The plaintext account key waits here between the action that made it and the one page that
-# shows it; the account page pops it, so a reload shows only the hint.
-ACCOUNT_KEY_SESSION_KEY = "account_key_once"
+# The plaintext account key travels from the action that made it to the one page that shows it
+# in a signed, short-lived cookie bound to the user, which that page deletes: a reload shows
+# only the hint. Not in the session: sessions live in the database, which must never hold a
+# plaintext key (only its sha256), not even for the moment between a redirect and a page.
+ACCOUNT_KEY_COOKIE = "account_key_once"
+ACCOUNT_KEY_COOKIE_SECONDS = 600
+_ACCOUNT_KEY_SALT = "apps.web.account_key_once"
 LOGIN_URL = reverse_lazy("login")
 
 # Which form field a service's refusal belongs to (others are shown above the form).
 JOIN_ERROR_FIELDS = {"invalid_username": "username", "username_taken": "username",
-                     "invalid_password": "password1", "invalid_country": "country"}
+                     "invalid_password": "password1", "invalid_country": "country",
+                     "invalid_display_name": "display_name"}
+TEAM_ERROR_FIELDS = {"invalid_team_description": "description"}
 
 
 def _page(request: HttpRequest, rows: QuerySet, *, per_page: int = PER_PAGE,
@@ -54,6 +62,22 @@ def _page(request: HttpRequest, rows: QuerySet, *, per_page: int = PER_PAGE,
 def _server_url(request: HttpRequest) -> str:
     """This portal's absolute base URL as a worker must be told it, without trailing slash."""
     return request.build_absolute_uri("/").rstrip("/")
+
+
+def _hand_key_over(response: HttpResponse, *, user: Any, account_key: str) -> HttpResponse:
+    response.set_signed_cookie(
+        ACCOUNT_KEY_COOKIE, f"{user.pk}:{account_key}", salt=_ACCOUNT_KEY_SALT,
+        max_age=ACCOUNT_KEY_COOKIE_SECONDS, path=str(reverse("account")), httponly=True,
+        secure=settings.SESSION_COOKIE_SECURE, samesite="Strict")
+    return response
+
+
+def _take_key(request: HttpRequest) -> str | None:
+    """The key handed over to this user, if any (the caller deletes the cookie)."""
+    value = request.get_signed_cookie(ACCOUNT_KEY_COOKIE, default=None, salt=_ACCOUNT_KEY_SALT,
+                                      max_age=ACCOUNT_KEY_COOKIE_SECONDS)
+    user_pk, _, account_key = (value or "").partition(":")
+    return account_key if account_key and user_pk == str(request.user.pk) else None
 
 
 def _volunteer_or_404(request: HttpRequest) -> Volunteer:
@@ -92,17 +116,33 @@ def join(request: HttpRequest) -> HttpResponse:
             form.add_error(JOIN_ERROR_FIELDS.get(exc.extra.get("code")), exc.message)
         else:
             login(request, volunteer.user, backend="django.contrib.auth.backends.ModelBackend")
-            request.session[ACCOUNT_KEY_SESSION_KEY] = account_key  # after login's new session
             messages.success(request, f"Welcome, {volunteer.display_name}! Your account is "
                                       "ready: attach your first computer below.")
-            return redirect("account")
+            return _hand_key_over(redirect("account"), user=volunteer.user,
+                                  account_key=account_key)
     return render(request, "registration/join.html", {"form": form})
 
 
 class PortalLoginView(LoginView):
+    """Django's login, with failed attempts limited per address and user name
+    (``login_limit``): once blocked, the password is not even checked, and the answer is 429."""
+
     template_name = "registration/login.html"
     redirect_authenticated_user = True
     next_page = reverse_lazy("account")
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        username = str(request.POST.get("username", ""))[:150]
+        if login_limit.login_blocked(request, username):
+            form = self.get_form()
+            form.errors.clear()  # nothing was checked: only the refusal is shown
+            minutes = math.ceil(login_limit.failure_window() / 60)
+            form.add_error(None, f"Too many failed logins for this user name from your "
+                                 f"address. Try again in {minutes} minutes.")
+            response = self.render_to_response(self.get_context_data(form=form), status=429)
+            response["Retry-After"] = str(login_limit.failure_window())
+            return response
+        return super().post(request, *args, **kwargs)  # failures count by signal
 
 
 class PortalLogoutView(LogoutView):
@@ -122,16 +162,16 @@ class PortalPasswordChangeView(PasswordChangeView):
 
 @never_cache  # the page may carry the account key: no browser or proxy may keep it
 @login_required(login_url=LOGIN_URL)
-@require_safe
+@require_GET  # not HEAD: that would consume the one showing of a new key without showing it
 def account(request: HttpRequest) -> HttpResponse:
     volunteer = account_selectors.volunteer_for_user(request.user)
     if volunteer is None:
         return render(request, "web/community/account_missing.html")
     now = timezone.now()
-    account_key = request.session.pop(ACCOUNT_KEY_SESSION_KEY, None)
+    account_key = _take_key(request)
     history = credit_selectors.credit_history(volunteer=volunteer, now=now)
     days = [point.day for point in history]
-    return render(request, "web/community/account.html", {
+    response = render(request, "web/community/account.html", {
         "volunteer": volunteer,
         "account_key": account_key,
         "server_url": _server_url(request),
@@ -144,6 +184,10 @@ def account(request: HttpRequest) -> HttpResponse:
                                 label="Recent average credit by day", color="#0f8a6c"),
         "history_points": len(history),
     })
+    if ACCOUNT_KEY_COOKIE in request.COOKIES:  # shown once: a reload shows only the hint
+        response.delete_cookie(ACCOUNT_KEY_COOKIE, path=str(reverse("account")),
+                               samesite="Strict")
+    return response
 
 
 @login_required(login_url=LOGIN_URL)
@@ -154,11 +198,10 @@ def account_key_rotate(request: HttpRequest) -> HttpResponse:
         account_key = account_services.account_key_rotate(volunteer=volunteer)
     except ApplicationError as exc:
         messages.error(request, exc.message)
-    else:
-        request.session[ACCOUNT_KEY_SESSION_KEY] = account_key
-        messages.success(request, "You have a new account key. The old one no longer attaches "
-                                  "computers; those already attached keep working.")
-    return redirect("account")
+        return redirect("account")
+    messages.success(request, "You have a new account key. The old one no longer attaches "
+                              "computers; those already attached keep working.")
+    return _hand_key_over(redirect("account"), user=request.user, account_key=account_key)
 
 
 @login_required(login_url=LOGIN_URL)
@@ -169,11 +212,13 @@ def host_retire(request: HttpRequest, host_id: int) -> HttpResponse:
     if host is None:
         raise Http404("No such host on your account.")
     try:
-        account_services.host_retire(host=host)
+        given_back = host_detach(host=host)  # as `strategy-worker detach` does
     except ApplicationError as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"{host.name} is retired: it can no longer ask for work.")
+        messages.success(request, f"{host.name} is retired: it can no longer ask for work"
+                         + (f"; its {given_back} unfinished task(s) went to other hosts."
+                            if given_back else "."))
     return redirect("account")
 
 
@@ -200,7 +245,7 @@ def team_create(request: HttpRequest) -> HttpResponse:
         try:
             team = account_services.team_create(founder=volunteer, **form.cleaned_data)
         except ApplicationError as exc:
-            form.add_error("name", exc.message)
+            form.add_error(TEAM_ERROR_FIELDS.get(exc.extra.get("code"), "name"), exc.message)
         else:
             messages.success(request, f"You founded {team.name} and are its first member.")
             return redirect("team_detail", team_id=team.pk)
