@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings",
            "DATABASE_URL": _with_database(args.database, name),
            "DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+           "DJANGO_SECURE_SSL_REDIRECT": "0",  # plain HTTP on loopback, no TLS proxy in front
            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
            "MEDIA_ROOT": str(log_dir / f"{name}-media"),
            "THROTTLE_SCHEDULER": "100000000/minute", "PYTHONUNBUFFERED": "1"}

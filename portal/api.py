@@ -5,6 +5,10 @@ Every error, whatever raised it, reaches the client as::
     {"error": {"code": "validation_error", "message": "one line for a person", "detail": {...}}}
 
 ``code`` is stable and machine-readable; ``message`` is what the worker prints.
+
+Messages may quote what the client sent (an unknown field's name, a refused choice). JSON can
+carry a lone UTF-16 surrogate (``"\\ud800"``), which Python parses but UTF-8 cannot encode: such
+characters are shown as their ``\\udXXX`` escape, or rendering the 400 would fail with a 500.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -30,11 +34,27 @@ def _first_message(detail: Any) -> str:
     return str(detail)
 
 
+def _encodable(value: Any) -> Any:
+    """``value`` with every string UTF-8-encodable (lone surrogates become ``\\udXXX``)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable(key): _encodable(inner) for key, inner in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encodable(inner) for inner in value]
+    return value
+
+
+def _error(code: str, message: str, detail: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": _encodable(message),
+                      "detail": _encodable(detail)}}
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
-        body = {"code": exc.extra.get("code", "refused"), "message": exc.message,
-                "detail": {k: v for k, v in exc.extra.items() if k != "code"}}
-        return Response({"error": body}, status=exc.extra.get("status", 400))
+        return Response(_error(exc.extra.get("code", "refused"), exc.message,
+                               {k: v for k, v in exc.extra.items() if k != "code"}),
+                        status=exc.extra.get("status", 400))
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
@@ -52,5 +72,16 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         detail = {}
     if response.status_code == status.HTTP_429_TOO_MANY_REQUESTS:
         detail = {"retry_after": getattr(exc, "wait", None)}
-    response.data = {"error": {"code": code, "message": message, "detail": detail}}
+    response.data = _error(code, message, detail)
     return response
+
+
+def not_found(request: HttpRequest, path: str = "") -> JsonResponse:
+    """Any other path under the API: a 404 in the error shape, not the site's HTML page.
+
+    A path missing only its final slash is named, since a POST cannot follow a redirect.
+    """
+    message = f"No API endpoint at {request.path}."
+    if not request.path.endswith("/"):
+        message += f" Did you mean {request.path}/ (with the final slash)?"
+    return JsonResponse(_error("not_found", message, {}), status=404)

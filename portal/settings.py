@@ -3,7 +3,9 @@
 Every knob is an environment variable; a bad value stops the process at import with a message
 naming the variable, rather than running with a surprise. Development needs nothing but
 `DJANGO_DEBUG=1`; production needs at least `DJANGO_SECRET_KEY`, `DJANGO_ALLOWED_HOSTS` and
-`DATABASE_URL`.
+`DATABASE_URL`, and then serves HTTPS only (redirect, HSTS, secure cookies) unless told
+otherwise; `deploy/strategy.env.example` is the documented production environment, and
+`manage.py check --deploy` is clean with it.
 """
 
 import os
@@ -83,6 +85,41 @@ if SECRET_KEY is None:
     SECRET_KEY = "django-insecure-strategy-at-home-development-only"
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS")
+
+# --- HTTPS and browser security -----------------------------------------------------------------
+# In production (DEBUG off, not under a test runner) the site is HTTPS only by default; tests and
+# `make demo` speak plain HTTP on loopback. Each default can be overridden by its variable.
+_HTTPS_ONLY = not (DEBUG or TESTING)
+# Behind a proxy that terminates TLS (nginx, a load balancer, Caddy): trust its
+# X-Forwarded-Proto header, which the proxy must set and must strip from clients' requests.
+if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", default=_HTTPS_ONLY)
+# Health checks from a container runtime or a load balancer come in over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+# HSTS: once a browser has seen it, it refuses plain HTTP to this host for that many seconds.
+# Start low (e.g. 3600) on a new domain and raise it once HTTPS is known to work everywhere.
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS",
+                              default=31_536_000 if _HTTPS_ONLY else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS",
+                                          default=_HTTPS_ONLY)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", default=_HTTPS_ONLY)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES",
+                                                      default=_HTTPS_ONLY)
+SESSION_COOKIE_HTTPONLY = True
+# The origins (scheme and host) that may POST forms, when they differ from the Host header,
+# e.g. https://strategy.example.org behind a proxy that rewrites Host.
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
+for _origin in CSRF_TRUSTED_ORIGINS:
+    if "://" not in _origin:
+        raise ImproperlyConfigured(
+            f"DJANGO_CSRF_TRUSTED_ORIGINS: {_origin!r} needs its scheme, "
+            f"e.g. https://{_origin}."
+        )
+X_FRAME_OPTIONS = "DENY"  # no page of ours is meant to be framed
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -171,7 +208,8 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+# `manage.py collectstatic` writes here; whitenoise serves it. Relative to the project.
+STATIC_ROOT = BASE_DIR / (_env("STATIC_ROOT") or VAR_DIR / "static")
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every request without it
 MEDIA_URL = "media/"
 MEDIA_ROOT = BASE_DIR / (_env("MEDIA_ROOT") or VAR_DIR / "media")  # relative to the project
@@ -181,6 +219,9 @@ STATICFILES_FINDERS = [
     "django.contrib.staticfiles.finders.AppDirectoriesFinder",
     "portal.staticfinders.PackageFileFinder",  # vendor/plotly.min.js from the plotly package
 ]
+# Failed logins are counted and limited, on the site's login and on the admin's.
+AUTHENTICATION_BACKENDS = ["apps.web.login_limit.LoginLimitBackend",
+                           "django.contrib.auth.backends.ModelBackend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "account"
 LOGOUT_REDIRECT_URL = "home"
@@ -189,7 +230,11 @@ LOGOUT_REDIRECT_URL = "home"
 WORKER_WHEEL_DIR = BASE_DIR / (_env("WORKER_WHEEL_DIR") or VAR_DIR / "dist")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"
+    # Production: `collectstatic` writes content-hashed, pre-compressed copies and a manifest;
+    # pages link the hashed names, which whitenoise serves with a far-future cache header. A
+    # page that names a file missing from the manifest fails loudly: run collectstatic on
+    # every deploy (the migrate step in deploy/ does).
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
                     if not (DEBUG or TESTING) else
                     "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
@@ -200,7 +245,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_0
 
 REDIS_URL = _env("REDIS_URL")
 CACHES = {
-    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                # Several deployments (or test runs) can share one Redis database.
+                "KEY_PREFIX": _env("CACHE_KEY_PREFIX") or ""}
     if REDIS_URL else
     # Throttle counts must be shared by every portal process: the database cache is.
     {"BACKEND": "portal.cache.DatabaseCache", "LOCATION": "cache_table"}
@@ -209,6 +256,9 @@ CACHES = {
 }
 
 REST_FRAMEWORK = {
+    # Proxies in front whose X-Forwarded-For is trusted for throttles (0: the socket address;
+    # otherwise anyone could reset their attach throttle with a made-up header).
+    "NUM_PROXIES": env_int("NUM_PROXIES", default=0, minimum=0),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
@@ -233,7 +283,8 @@ SPECTACULAR_SETTINGS = {
 # django-q2: the BOINC daemons (transitioner, validator, assimilator, file deleter) run as its
 # tasks. ORM broker by default; Redis when REDIS_URL is set. retry must exceed timeout.
 Q_CLUSTER = {
-    "name": "strategy",
+    # Also the Redis queue's name: every cluster process of one deployment must share it.
+    "name": _env("Q_CLUSTER_NAME") or "strategy",
     "workers": env_int("Q_WORKERS", default=2, minimum=1),
     "timeout": 120,
     "retry": 180,
@@ -248,6 +299,12 @@ Q_CLUSTER = {
     **({"redis": REDIS_URL} if REDIS_URL else {"orm": "default"}),
 }
 
+# Who runs the daemons: "qcluster" (`manage.py qcluster`; a report enqueues the transitioner at
+# once) or "loop" (`manage.py run_daemons --loop`, one process polling; nothing is enqueued).
+DAEMON_RUNNER = _env("DAEMON_RUNNER") or "qcluster"
+if DAEMON_RUNNER not in {"qcluster", "loop"}:
+    raise ImproperlyConfigured(f"DAEMON_RUNNER={DAEMON_RUNNER!r}: use qcluster or loop.")
+
 # Portal behaviour.
 RESULT_GRACE_SECONDS = env_int("RESULT_GRACE_SECONDS", default=300, minimum=0)
 # A task sent but never acknowledged (the reply was lost) is re-sent after this long.
@@ -259,3 +316,35 @@ SCHEDULER_NO_WORK_DELAY = env_int("SCHEDULER_NO_WORK_DELAY", default=60, minimum
 DAILY_RESULT_QUOTA = env_int("DAILY_RESULT_QUOTA", default=100, minimum=1)  # cap per host
 FILE_DELETE_DELAY_SECONDS = env_int("FILE_DELETE_DELAY_SECONDS", default=86_400, minimum=0)
 MIN_CLIENT_VERSION = _env("MIN_CLIENT_VERSION") or "0.1.0"
+
+# --- logging -----------------------------------------------------------------------------------
+# One line per record on stdout (systemd's journal, `docker compose logs`): time, level, process
+# id (which gunicorn worker or cluster process), logger, message. DJANGO_LOG_LEVEL sets our apps'
+# and django-q2's level; Django's own request errors (5xx) are always logged.
+LOG_LEVEL = (_env("DJANGO_LOG_LEVEL") or "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(
+        f"DJANGO_LOG_LEVEL={LOG_LEVEL!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL."
+    )
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "line": {
+            "format": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+        },
+    },
+    "handlers": {
+        "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout",
+                   "formatter": "line"},
+    },
+    "root": {"handlers": ["stdout"], "level": "WARNING"},
+    "loggers": {
+        "django": {"level": "INFO"},
+        "django.server": {"level": "WARNING"},  # runserver's access lines: gunicorn logs those
+        "apps": {"level": LOG_LEVEL},
+        "portal": {"level": LOG_LEVEL},
+        # django-q2 adds its own stderr handler only when no handler is reachable; ours is.
+        "django-q": {"level": LOG_LEVEL},
+    },
+}

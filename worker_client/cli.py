@@ -8,13 +8,15 @@ non-zero; ``--debug`` adds the traceback and debug logging.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
 
-from . import __version__
+from . import EARLY_STOPS, __version__
 from .exceptions import (
     AuthError,
     ClientTooOld,
@@ -120,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        # Until the runner installs its own handler: see worker_client.EARLY_STOPS.
+        signal.signal(signal.SIGTERM, lambda signum, frame: EARLY_STOPS.append(signum))
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,

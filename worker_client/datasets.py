@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from .store import try_lock
 log = logging.getLogger(__name__)
 
 SUFFIX = ".sahc"
+SHA256_NAME = re.compile(r"[0-9a-f]{64}")
 DOWNLOAD_ATTEMPTS = 3
 DEFAULT_LIMIT_BYTES = 2 * 2**30
 LOCK_POLL_SECONDS = 0.2
@@ -40,6 +42,11 @@ class DatasetCache:
         self.limit_bytes = limit_bytes
 
     def path(self, sha256: str) -> Path:
+        """The cache file of a data set; the name comes from the portal, so it is checked:
+        64 hex digits and nothing else can ever name a file here."""
+        if not SHA256_NAME.fullmatch(sha256.lower()):
+            raise DataError(f"the portal named a data set {sha256[:80]!r}, which is not a "
+                            "sha256 (64 hex digits)")
         return self.directory / f"{sha256.lower()}{SUFFIX}"
 
     def held(self) -> set[str]:

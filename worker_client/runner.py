@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
-from . import __version__
+from . import EARLY_STOPS, __version__
 from .client import PortalClient, RetryPolicy
 from .compute import (
     EXIT_BAD_DATA,
@@ -681,6 +681,9 @@ class _SignalScope:
             # Outside the main thread signal() raises ValueError: the caller stops us instead.
             with contextlib.suppress(ValueError):
                 self._previous[signum] = signal.signal(signum, self._handle)
+        if EARLY_STOPS:  # asked to stop while starting: a clean stop before any work
+            log.info("stop requested while starting; stopping")
+            self.runner.request_stop()
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -7,7 +7,9 @@ every worker call) are shown to their owner once, when made, and stored only as 
 
 from __future__ import annotations
 
+import re
 import secrets
+import unicodedata
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -29,6 +31,30 @@ KEY_HINT_LENGTH = 6
 TEAM_NAME_MAX_LENGTH = Team._meta.get_field("name").max_length
 
 
+# What a name shown to others may not hold: control characters (NUL, ESC and its terminal
+# sequences, newlines), lone UTF-16 surrogates, line and paragraph separators, and the invisible
+# formatting characters that reorder or hide the text around them (bidi embeddings, overrides
+# and isolates: "evil\u202etxt.exe" shows as "evilexe.txt"; zero-width space, word joiner,
+# byte order mark). Letters of every script, emoji and their joiners (U+200C, U+200D) are fine.
+_NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u200b\u2028\u2029\u202a-\u202e"
+                           "\u2060\u2066-\u2069\ufeff]")
+_NOT_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\u200b"
+                          "\u202a-\u202e\u2060\u2066-\u2069\ufeff]")  # newlines and tabs allowed
+
+
+def public_text(value: str, *, what: str, code: str, multiline: bool = False) -> str:
+    """``value`` in Unicode NFC (one spelling for what looks the same), or an
+    ``ApplicationError`` naming the first character a public name or text may not hold."""
+    found = (_NOT_IN_TEXT if multiline else _NOT_IN_NAMES).search(value)
+    if found:
+        codepoint = f"U+{ord(found.group()):04X}"
+        named = f"{codepoint} {unicodedata.name(found.group(), '')}".strip()
+        raise ApplicationError(f"The {what} contains {named}: control and invisible formatting "
+                               f"characters are not allowed.",
+                               extra={"code": code, "character": codepoint})
+    return unicodedata.normalize("NFC", value)
+
+
 def new_secret() -> str:
     """256 random bits, URL-safe; never starting with "-", which a command line would take for
     an option (``--account-key -abc…`` fails in argparse)."""
@@ -43,7 +69,12 @@ def _host_fields(info: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ApplicationError(f"Unknown host field(s): {', '.join(sorted(unknown))}.",
                                extra={"code": "invalid_host_info", "fields": sorted(unknown)})
-    return {name: info[name] for name in HOST_INFO_FIELDS if name in info}
+    fields = {name: info[name] for name in HOST_INFO_FIELDS if name in info}
+    for name, value in fields.items():
+        if isinstance(value, str):
+            fields[name] = public_text(value, what=f"host's {name.replace('_', ' ')}",
+                                       code="invalid_host_info")
+    return fields
 
 
 @transaction.atomic
@@ -72,11 +103,13 @@ def volunteer_register(*, username: str, email: str, password: str, display_name
     except ValidationError as exc:
         raise ApplicationError(" ".join(exc.messages),
                                extra={"code": "invalid_password"}) from None
+    display_name = public_text(display_name.strip() or username, what="display name",
+                               code="invalid_display_name")
     user.set_password(password)
     user.save()
     account_key = new_secret()
     volunteer = Volunteer.objects.create(
-        user=user, display_name=(display_name.strip() or username)[:100], country=country,
+        user=user, display_name=display_name[:100], country=country,
         account_key_hash=secret_hash(account_key), account_key_hint=account_key[:KEY_HINT_LENGTH])
     return volunteer, account_key
 
@@ -162,7 +195,10 @@ def _volunteer_team_move(*, volunteer: Volunteer, from_team_id: int | None,
 @transaction.atomic
 def team_create(*, founder: Volunteer, name: str, description: str = "") -> Team:
     """Found a team; the founder joins it at once (leaving their current team, if any)."""
+    name = public_text(name, what="team name", code="invalid_team_name")
     name = " ".join(name.split())  # no leading, trailing or doubled spaces in a public name
+    description = public_text(description.strip(), what="description",
+                              code="invalid_team_description", multiline=True)
     if not name:
         raise ApplicationError("Choose a team name.", extra={"code": "invalid_team_name"})
     if len(name) > TEAM_NAME_MAX_LENGTH:
@@ -174,7 +210,7 @@ def team_create(*, founder: Volunteer, name: str, description: str = "") -> Team
                                extra={"code": "team_name_taken", "status": 409})
     try:
         with transaction.atomic():
-            team = Team.objects.create(name=name, description=description.strip(),
+            team = Team.objects.create(name=name, description=description,
                                        founder=founder.user)
     except IntegrityError:  # created by someone else between the check and the insert
         raise ApplicationError(f"There is already a team called {name!r}.",

@@ -6,3 +6,6 @@ class WebConfig(AppConfig):
 
     name = "apps.web"
     label = "web"
+
+    def ready(self) -> None:
+        from . import login_limit  # noqa: F401  connects the failed-login counters

@@ -11,9 +11,8 @@ Failures are counted from Django's ``user_login_failed`` signal, so every login 
 ``LoginLimitBackend``, listed first in ``AUTHENTICATION_BACKENDS``, refuses it for any other
 form, the admin's included.
 
-Counting is read-then-write: two failures at the same instant may count as one. That lets an
-attacker a handful of extra guesses at most, which is all this limiter is for: making guessing
-slow, not impossible (the password validators make guessing hopeless).
+Counting is read-then-write: two failures at the same instant may count as one, which lets an
+attacker a few extra guesses at most. The limiter makes guessing slow, not impossible.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import hashlib
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.backends import BaseBackend
+from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
@@ -86,9 +85,12 @@ def _clear_failures(sender: Any, request: HttpRequest | None, user: Any, **kwarg
         login_succeeded(request, user.get_username())
 
 
-class LoginLimitBackend(BaseBackend):
+class LoginLimitBackend(ModelBackend):
     """Refuses a blocked address and user name before any other backend checks a password
-    (``PermissionDenied`` stops ``authenticate``); otherwise lets the next backend decide."""
+    (``PermissionDenied`` stops ``authenticate``); otherwise lets the next backend decide.
+
+    A ``ModelBackend`` for everything else (``get_user``, permissions), so that sessions it is
+    first in line for (``force_login``) still find their user."""
 
     def authenticate(self, request: HttpRequest | None, username: str | None = None,
                      **credentials: Any) -> None:

@@ -507,6 +507,8 @@ def dataset_get_or_create(*, data: OHLCV, symbol: str, timeframe: str,
         limit = Dataset._meta.get_field(field).max_length
         if (field == "symbol" and not value) or len(value) > limit:
             raise MarketDataError(f"{field} must be 1 to {limit} characters, got {value!r}")
+        if not value.isprintable():  # NUL (which PostgreSQL refuses), newlines, bidi controls
+            raise MarketDataError(f"{field} {value!r} holds a control or formatting character")
     bar_seconds = bar_seconds_of(timeframe)
     _check_timeframe(data.timestamp, bar_seconds, timeframe, where="candles")
 

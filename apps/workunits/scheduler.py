@@ -5,25 +5,42 @@ Everything happens in one transaction, and every state change is a conditional u
 count is checked, so a retried or concurrent request never applies a change twice.
 
 Locks, and why (PostgreSQL; on SQLite ``transaction_mode=IMMEDIATE`` serialises writers and the
-conditional updates alone are enough):
+conditional updates alone are enough). A call waits only for its own volunteer's other calls
+and for short row locks of the daemons that never wait for it in turn:
 
 1. a transaction-scoped advisory lock per volunteer, taken first while holding nothing: the rule
    "never two replicas of one work unit for one volunteer" reads committed rows, so two hosts of
-   one volunteer must not claim side by side (and one host's requests never overlap);
-2. the work units of reported results, in id order, before their replicas (the daemons' order);
+   one volunteer must not claim side by side (and one host's requests never overlap); then the
+   volunteer row ``FOR KEY SHARE``, which the foreign key checks of sending a task take anyway:
+   taken first, it orders this call before a validator that locks the volunteer, then its
+   hosts. Foreign keys are checked as rows change, not at commit, for the same reason;
+2. the work units of reported results, ``FOR UPDATE SKIP LOCKED``: one a daemon holds right now
+   is not woken here (its replicas are still stored, by conditional updates); the transitioner
+   pass this call queues looks at it after commit. Waiting would stall the call behind the
+   daemons, and a busy server's daemons hold many;
 3. the claim: ``SELECT … FOR UPDATE OF result, workunit SKIP LOCKED`` over the partial index of
    unsent replicas. Skipping rows locked by anyone means a claim never waits, so it can never
    deadlock with another claim or a daemon;
 4. the host row, written last.
+
+Cost: a call costs the same dozen statements whether it carries one task or thirty-two (every
+report in one ``UPDATE``, every ack and heartbeat in another, the claim in one ``SELECT`` and
+one ``UPDATE``). The statements of the usual path are written in SQL that SQLite and PostgreSQL
+both speak: the ORM spends more time building them than the database spends running them
+(``bench/load.py`` measures it), and this is the portal's hottest code. The rare paths (late
+reports, aborts, refusals) use the ORM.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
-from collections.abc import Collection, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -40,15 +57,15 @@ from django.db.models import (
     QuerySet,
     Value,
 )
-from django.db.models.functions import Coalesce, Least
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
-from apps.accounts.models import Host
+from apps.accounts.models import Host, Volunteer
 from apps.accounts.services import host_retire
 from worker_client import protocol
 
-from .models import Result, WorkUnit
+from .models import Campaign, Dataset, Result, WorkUnit
 from .states import CampaignState, Outcome, ServerState, ValidateState
 from .tasks import enqueue_transitions
 
@@ -80,6 +97,18 @@ REJECT_MALFORMED = "malformed_report"
 
 MAX_ERROR_MESSAGE = 4000
 _ADVISORY_LOCK_NAMESPACE = 0x5348  # "SH": this module's advisory locks on PostgreSQL
+
+# Tables, for the statements written in SQL.
+_RESULT = Result._meta.db_table
+_WORKUNIT = WorkUnit._meta.db_table
+_CAMPAIGN = Campaign._meta.db_table
+_DATASET = Dataset._meta.db_table
+_HOST = Host._meta.db_table
+_VOLUNTEER = Volunteer._meta.db_table
+# What a call reads and writes of its host: not the credit figures the daemons move.
+_HOST_COLUMNS = [f.attname for f in Host._meta.concrete_fields if f.attname in {
+    "id", "volunteer_id", "cpu_count", "speed", "datasets", "retired", "consecutive_valid",
+    "max_results_day", "results_today", "quota_day", "client_version"}]
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -115,33 +144,40 @@ def scheduler_request(*, host: Host, request: dict[str, Any], client_version: st
     rng = rng or random.SystemRandom()
     with transaction.atomic():
         _lock_volunteer(host.volunteer_id)
-        host = Host.objects.get(pk=host.pk)  # fresh, now that this volunteer's calls are serial
+        host = _fresh_host(host.pk)  # now that this volunteer's calls are serial
 
         reports = _dedupe_reports(request.get("results", []))
         in_progress = set(request.get("in_progress", []))
         rows = _rows_of_host(host, set(reports) | in_progress)
-        abort = sorted(in_progress - _still_needed(host, rows, in_progress))
-        _lock_workunits({rows[pk].workunit_id for pk in (set(reports) | set(abort)) if pk in rows})
+        abort = sorted(pk for pk in in_progress if not _still_needed(rows.get(pk)))
+        locked = _lock_workunits(
+            {rows[pk].workunit_id for pk in (set(reports) | set(abort)) if pk in rows},
+            wait=False)
 
         accepted, rejected, touched = _record_reports(host, reports, rows, client_version, now)
         touched |= _release_aborted(host, abort, rows, now)
         # A result stored by this request is over: acking it too could change nothing.
-        _record_acks(host, set(request.get("acks", [])) - set(accepted), now)
-        _record_progress(host, request.get("progress", []), now)
+        _record_acks_and_progress(host, set(request.get("acks", [])) - set(accepted),
+                                  request.get("progress", []), now)
         if touched:
-            WorkUnit.objects.filter(pk__in=touched).update(transition_time=now, updated_at=now)
+            due = touched & locked
+            if due:
+                _execute(f"UPDATE {_WORKUNIT} SET transition_time = %s, updated_at = %s "
+                         f"WHERE id{_in(due)}", [_db_time(now), _db_time(now), *_ids(due)])
             _wake_transitioner(sorted(touched))
 
         tasks, reason, message, delay = _send_work(
             host=host, request=request, client_version=client_version, now=now, rng=rng,
             url_base=url_base)
 
-        host.last_contact = now
         host.datasets = list(request.get("datasets", host.datasets))
         if client_version:
             host.client_version = client_version[:30]
-        host.save(update_fields=["last_contact", "datasets", "client_version", "results_today",
-                                 "quota_day"])
+        _execute(f"UPDATE {_HOST} SET last_contact = %s, datasets = %s, client_version = %s, "
+                 "results_today = %s, quota_day = %s, updated_at = %s WHERE id = %s",
+                 [_db_time(now), _db_value(Host, "datasets", host.datasets), host.client_version,
+                  host.results_today, connection.ops.adapt_datefield_value(host.quota_day),
+                  _db_time(timezone.now()), host.pk])
     return {"tasks": tasks, "accepted": accepted, "rejected": rejected, "abort": abort,
             "request_delay": delay, "reason": reason, "message": message}
 
@@ -162,24 +198,137 @@ def _wake_transitioner(workunit_ids: list[int]) -> None:
         transaction.on_commit(partial(enqueue_transitions, workunit_ids))
 
 
+# --- SQL helpers -------------------------------------------------------------------------------
+
+
+def _in(values: Collection[int]) -> str:
+    """`` IN (%s, …)`` for a list of ids on SQLite; `` = ANY(%s)`` with the ids as one array on
+    PostgreSQL, so that a statement's text does not change with the number of ids and it can
+    be prepared once. Pair it with :func:`_ids` for the parameters (never empty: callers
+    check)."""
+    if connection.vendor == "postgresql":
+        return " = ANY(%s::bigint[])"
+    return f" IN ({', '.join(['%s'] * len(values))})"
+
+
+def _ids(values: Collection[int]) -> list[Any]:
+    """The parameters of :func:`_in`."""
+    return [list(values)] if connection.vendor == "postgresql" else list(values)
+
+
+def _query(sql: str, params: Sequence[Any] = (), *, prepare: bool = True
+           ) -> list[tuple[Any, ...]]:
+    """The rows of a query (see :func:`_run`)."""
+    return _run(sql, params, prepare=prepare, fetch=True)
+
+
+def _execute(sql: str, params: Sequence[Any] = (), *, prepare: bool = True) -> int:
+    """Run a statement; returns how many rows it changed (see :func:`_run`)."""
+    return _run(sql, params, prepare=prepare, fetch=False)
+
+
+def _run(sql: str, params: Sequence[Any], *, prepare: bool, fetch: bool) -> Any:
+    """One statement of the usual path, through Django's connection and in its transaction.
+
+    On PostgreSQL a statement whose text is fixed is prepared once per connection (a
+    server-side binding cursor): planning was most of what these short statements cost the
+    database. Django's query log (``CaptureQueriesContext``, the debug toolbar) still sees it.
+    """
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if fetch else cursor.rowcount
+    import psycopg
+
+    started = time.monotonic()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        # No parameters: the simple protocol, which takes several statements at once.
+        cursor.execute(sql, params or None, prepare=prepare or None)
+        result = cursor.fetchall() if fetch else cursor.rowcount
+    if connection.queries_logged:
+        connection.queries_log.append({"sql": f"{sql} -- {list(params)!r}"[:2000],
+                                       "time": f"{time.monotonic() - started:.3f}"})
+    return result
+
+
+def _db_time(value: datetime | None) -> Any:
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def _db_value(model: Any, name: str, value: Any) -> Any:
+    """``value`` as the database stores ``model.name`` (JSON, a time …)."""
+    return model._meta.get_field(name).get_db_prep_save(value, connection)
+
+
+def _aware(value: Any) -> datetime | None:
+    """A time read by SQL: aware on PostgreSQL; naive UTC (or text) on SQLite."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _json(value: Any) -> Any:
+    """A JSON column read by SQL (text on both databases, as Django's own reads get it)."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
 # --- locks -------------------------------------------------------------------------------------
 
 
 def _lock_volunteer(volunteer_id: int) -> None:
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)",
-                           [_ADVISORY_LOCK_NAMESPACE, volunteer_id % 2**31])
+        # Sending a task checks its volunteer's and its host's rows (foreign keys: FOR KEY
+        # SHARE), and the validator locks a volunteer, then its hosts. Checked at commit, or
+        # host first, each could wait for the other: the volunteer row is locked here, first,
+        # and the keys are checked as rows change (see the module's notes on locks).
+        _execute("SET CONSTRAINTS ALL IMMEDIATE; SELECT pg_advisory_xact_lock("
+                 f"{_ADVISORY_LOCK_NAMESPACE:d}, {volunteer_id % 2**31:d}); SELECT 1 FROM "
+                 f"{_VOLUNTEER} WHERE id = {volunteer_id:d} FOR KEY SHARE", prepare=False)
     # SQLite: the IMMEDIATE transaction already holds the database's only write lock.
 
 
-def _lock_workunits(workunit_ids: set[int]) -> None:
+def _lock_workunits(workunit_ids: set[int], *, wait: bool = True) -> set[int]:
+    """Lock these work units in id order (the daemons' order); returns those locked. Without
+    ``wait``, one another transaction holds is skipped (PostgreSQL; SQLite has one writer)."""
     if workunit_ids and connection.features.has_select_for_update:
-        list(WorkUnit.objects.select_for_update().filter(pk__in=workunit_ids)
-             .order_by("pk").values_list("pk", flat=True))
+        ids = sorted(workunit_ids)
+        skip = "" if wait else " SKIP LOCKED"
+        return {pk for (pk,) in _query(
+            f"SELECT id FROM {_WORKUNIT} WHERE id{_in(ids)} ORDER BY id FOR UPDATE{skip}",
+            _ids(ids))}
+    return set(workunit_ids)
+
+
+def _fresh_host(host_id: int) -> Host:
+    """The host row as it is now, with the columns a call reads (the rest stays deferred)."""
+    rows = _query(f"SELECT {', '.join(_HOST_COLUMNS)} FROM {_HOST} WHERE id = %s", [host_id])
+    if not rows:
+        raise Host.DoesNotExist(f"host {host_id} is gone")
+    values = dict(zip(_HOST_COLUMNS, rows[0], strict=True))
+    values["datasets"] = _json(values["datasets"])
+    values["retired"] = bool(values["retired"])
+    if isinstance(values["quota_day"], str):
+        values["quota_day"] = date.fromisoformat(values["quota_day"])
+    return Host.from_db(connection.alias, _HOST_COLUMNS, [values[c] for c in _HOST_COLUMNS])
 
 
 # --- reports, acks, aborts ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Held:
+    """A replica of this host that its request names (reported, or said to be running)."""
+
+    pk: int
+    workunit_id: int
+    server_state: int
+    outcome: int
+    validate_state: int
+    sent_time: datetime | None
+    received_time: datetime | None
+    decided: bool  # its work unit has a canonical result or an error: no answer is needed
 
 
 def _dedupe_reports(reports: Sequence[dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -189,46 +338,79 @@ def _dedupe_reports(reports: Sequence[dict[str, Any]]) -> dict[int, dict[str, An
     return by_id
 
 
-def _rows_of_host(host: Host, ids: set[int]) -> dict[int, Result]:
+def _rows_of_host(host: Host, ids: set[int]) -> dict[int, _Held]:
     if not ids:
         return {}
-    rows = Result.objects.filter(pk__in=ids, host=host).select_related("workunit").only(
-        "pk", "host", "workunit", "server_state", "outcome", "validate_state", "received_time",
-        "sent_time", "workunit__canonical_result", "workunit__error_mask")  # not the outputs
-    return {row.pk: row for row in rows}
+    # By primary key only, the host checked here: "host_id = …" in SQL could lead the planner
+    # to walk every replica the host ever ran, a list that grows without end.
+    rows = _query(
+        f"SELECT r.id, r.host_id, r.workunit_id, r.server_state, r.outcome, r.validate_state, "
+        f"r.sent_time, r.received_time, w.canonical_result_id IS NOT NULL OR w.error_mask <> 0 "
+        f"FROM {_RESULT} r JOIN {_WORKUNIT} w ON w.id = r.workunit_id "
+        f"WHERE r.id{_in(ids)}", _ids(ids))
+    return {pk: _Held(pk, wu, state, outcome, validate, _aware(sent), _aware(received),
+                      bool(decided))
+            for pk, host_id, wu, state, outcome, validate, sent, received, decided in rows
+            if host_id == host.pk}
 
 
-def _still_needed(host: Host, rows: dict[int, Result], in_progress: set[int]) -> set[int]:
-    """The ids among ``in_progress`` that this host should keep running."""
-    return {pk for pk in in_progress
-            if pk in rows and rows[pk].server_state == ServerState.IN_PROGRESS
-            and rows[pk].workunit.canonical_result_id is None
-            and rows[pk].workunit.error_mask == 0}
+def _still_needed(row: _Held | None) -> bool:
+    """Whether the host should keep running this task (it is one of its own, in progress, and
+    its work unit is still open)."""
+    return row is not None and row.server_state == ServerState.IN_PROGRESS and not row.decided
 
 
-def _record_reports(host: Host, reports: dict[int, dict[str, Any]], rows: dict[int, Result],
+def _record_reports(host: Host, reports: dict[int, dict[str, Any]], rows: dict[int, _Held],
                     client_version: str, now: datetime
                     ) -> tuple[list[int], list[dict[str, Any]], set[int]]:
-    accepted: list[int] = []
-    rejected: list[dict[str, Any]] = []
-    touched: set[int] = set()
+    """Store the reports; the usual case (this host's replicas still in progress) in one UPDATE.
+
+    Returns the ids accepted (stored now, or stored before: a harmless repeat), the rejections
+    with their reasons, both in report order, and the work units whose replicas changed.
+    """
+    verdicts: dict[int, str | None] = {}
+    fresh: dict[int, dict[str, Any]] = {}
     for result_id, report in reports.items():
         row = rows.get(result_id)
         if row is None:  # unknown, or sent to another host: never applied
-            rejected.append({"result_id": result_id, "reason": REJECT_NOT_THIS_HOST})
+            verdicts[result_id] = REJECT_NOT_THIS_HOST
             continue
-        verdict = _record_report(host, row, report, client_version, now)
+        fields = _report_fields(host, row, report, client_version, now)
+        if fields is None:
+            verdicts[result_id] = REJECT_MALFORMED
+        elif row.server_state == ServerState.IN_PROGRESS:
+            fresh[result_id] = fields
+        else:
+            verdicts[result_id] = _judge_report(host, row, fields)
+    stored = _store_reports(host, fresh, now) if fresh else set()
+    for result_id, fields in fresh.items():
+        if result_id in stored:
+            verdicts[result_id] = "changed"
+        else:
+            # Lost a race (timed out between our read and our update): judge it as it is now.
+            row = rows[result_id]
+            ((row.server_state, row.outcome, row.validate_state, received),) = _query(
+                f"SELECT server_state, outcome, validate_state, received_time FROM {_RESULT} "
+                "WHERE id = %s", [result_id])
+            row.received_time = _aware(received)
+            verdicts[result_id] = _judge_report(host, row, fields)
+
+    accepted: list[int] = []
+    rejected: list[dict[str, Any]] = []
+    touched: set[int] = set()
+    for result_id in reports:
+        verdict = verdicts[result_id]
         if verdict is None:
             accepted.append(result_id)
         elif verdict == "changed":
             accepted.append(result_id)
-            touched.add(row.workunit_id)
+            touched.add(rows[result_id].workunit_id)
         else:
             rejected.append({"result_id": result_id, "reason": verdict})
     return accepted, rejected, touched
 
 
-def _report_fields(host: Host, row: Result, report: dict[str, Any], client_version: str,
+def _report_fields(host: Host, row: _Held, report: dict[str, Any], client_version: str,
                    now: datetime) -> dict[str, Any] | None:
     """The columns a report writes, with BOINC's sanity clamps on times; None if malformed."""
     wall = _finite(report.get("wall_time"))
@@ -254,21 +436,58 @@ def _report_fields(host: Host, row: Result, report: dict[str, Any], client_versi
     return fields
 
 
-def _record_report(host: Host, row: Result, report: dict[str, Any], client_version: str,
-                   now: datetime) -> str | None:
-    """Store one report of this host's replica: "changed", None (a harmless repeat) or why not."""
-    fields = _report_fields(host, row, report, client_version, now)
-    if fields is None:
-        return REJECT_MALFORMED
-    if row.server_state == ServerState.IN_PROGRESS:
-        changed = Result.objects.filter(
-            pk=row.pk, host=host, server_state=ServerState.IN_PROGRESS,
-        ).update(server_state=ServerState.OVER, **fields)
-        if changed == 1:
-            return "changed"
-        # Lost a race (timed out between our read and our update): judge it as it is now.
-        row.refresh_from_db(fields=["server_state", "outcome", "validate_state",
-                                    "received_time"])
+def _store_reports(host: Host, fresh: dict[int, dict[str, Any]], now: datetime) -> set[int]:
+    """Move this host's replicas from in progress to over with their reports, in one
+    conditional UPDATE (a ``CASE`` for each column whose value differs between rows); returns
+    the ids it changed. A row no longer in progress (timed out since we read it) is left alone.
+    """
+    ids = list(fresh)
+    columns: dict[str, dict[int, Any]] = {}
+    for result_id, fields in fresh.items():
+        for name, value in fields.items():
+            columns.setdefault(name, {})[result_id] = value
+    assignments, params = ["server_state = %s"], [ServerState.OVER]
+    for name, values in columns.items():
+        first = next(iter(values.values()))
+        if len(values) == len(ids) and all(value is first or (
+                not isinstance(value, dict | list) and value == first)
+                for value in values.values()):
+            assignments.append(f"{name} = %s")  # the same for every row
+            params.append(_db_value(Result, name, first))
+        else:
+            sql, case_params = _per_row(name, values)
+            assignments.append(f"{name} = {sql}")
+            params += case_params
+    changed = _execute(
+        f"UPDATE {_RESULT} SET {', '.join(assignments)} "
+        f"WHERE id{_in(ids)} AND host_id = %s AND server_state = %s",
+        [*params, *_ids(ids), host.pk, ServerState.IN_PROGRESS],
+        prepare=False)  # its CASEs change with the number of reports
+    if changed == len(ids):
+        return set(ids)
+    # Our own rows are recognisable: nobody else stores this host's reports (its calls are
+    # serial), and none was stored at this instant before.
+    return {pk for (pk,) in _query(
+        f"SELECT id FROM {_RESULT} WHERE id{_in(ids)} AND host_id = %s "
+        "AND server_state = %s AND received_time = %s",
+        [*_ids(ids), host.pk, ServerState.OVER, _db_time(now)])}
+
+
+def _per_row(name: str, values: dict[int, Any]) -> tuple[str, list[Any]]:
+    """``CASE id WHEN … THEN … ELSE column END`` for one column of ``Result``: each listed row
+    gets its own value, the others keep theirs."""
+    field = Result._meta.get_field(name)
+    params: list[Any] = []
+    for pk, value in values.items():
+        params += [pk, field.get_db_prep_save(value, connection)]
+    cast = f"::{field.db_type(connection)}" if connection.vendor == "postgresql" else ""
+    return (f"(CASE id{' WHEN %s THEN %s' * len(values)} ELSE {field.column} END){cast}",
+            params)
+
+
+def _judge_report(host: Host, row: _Held, fields: dict[str, Any]) -> str | None:
+    """A report of a replica that is not (or no longer) in progress: None if it was stored
+    before (a harmless repeat), "changed" if a late success is still taken, else why not."""
     if row.server_state != ServerState.OVER:
         return REJECT_NOT_THIS_HOST  # unsent: cannot be this host's answer
     if row.received_time is not None:
@@ -285,7 +504,7 @@ def _record_report(host: Host, row: Result, report: dict[str, Any], client_versi
     return REJECT_TOO_LATE
 
 
-def _release_aborted(host: Host, abort: list[int], rows: dict[int, Result],
+def _release_aborted(host: Host, abort: list[int], rows: dict[int, _Held],
                      now: datetime) -> set[int]:
     """Replicas still in progress here whose work unit is decided end as "didn't need".
 
@@ -304,20 +523,38 @@ def _release_aborted(host: Host, abort: list[int], rows: dict[int, Result],
     return touched
 
 
-def _record_acks(host: Host, acks: Collection[int], now: datetime) -> None:
-    if acks:
-        Result.objects.filter(
-            pk__in=set(acks), host=host, server_state=ServerState.IN_PROGRESS,
-            acked_time__isnull=True,
-        ).update(acked_time=now, updated_at=now)
-
-
-def _record_progress(host: Host, progress: Sequence[dict[str, Any]], now: datetime) -> None:
-    """Heartbeats of long tasks: how far each has come (shown on the portal's pages)."""
+def _record_acks_and_progress(host: Host, acks: Collection[int],
+                              progress: Sequence[dict[str, Any]], now: datetime) -> None:
+    """Acknowledged tasks and the heartbeats of long tasks (how far each has come, shown on
+    the portal's pages), for this host's replicas in progress, in one UPDATE."""
+    fractions: dict[int, float] = {}
     for entry in progress[:MAX_PROGRESS_ROWS]:
-        Result.objects.filter(
-            pk=entry["result_id"], host=host, server_state=ServerState.IN_PROGRESS,
-        ).update(fraction_done=entry["fraction_done"], progress_time=now, updated_at=now)
+        fractions[entry["result_id"]] = entry["fraction_done"]  # the last one counts
+    acks = sorted(set(acks))
+    if not acks and not fractions:
+        return
+    when = _db_time(now)
+    assignments, params = ["updated_at = %s"], [when]
+    conditions, condition_params = [], []
+    if acks:
+        # Only the first ack counts: an acknowledged row keeps its time.
+        assignments.append(f"acked_time = CASE WHEN id{_in(acks)} "
+                           "AND acked_time IS NULL THEN %s ELSE acked_time END")
+        params += [*_ids(acks), when]
+        conditions.append(f"(id{_in(acks)} AND acked_time IS NULL)")
+        condition_params += _ids(acks)
+    if fractions:
+        sql, case_params = _per_row("fraction_done", fractions)
+        assignments += [f"fraction_done = {sql}",
+                        f"progress_time = CASE WHEN id{_in(fractions)} THEN %s "
+                        "ELSE progress_time END"]
+        params += [*case_params, *_ids(fractions), when]
+        conditions.append(f"id{_in(fractions)}")
+        condition_params += _ids(fractions)
+    _execute(f"UPDATE {_RESULT} SET {', '.join(assignments)} "
+             f"WHERE ({' OR '.join(conditions)}) AND host_id = %s AND server_state = %s",
+             [*params, *condition_params, host.pk, ServerState.IN_PROGRESS],
+             prepare=not fractions)  # a heartbeat's CASE changes with their number
 
 
 def host_status(*, host: Host) -> dict[str, Any]:
@@ -368,6 +605,43 @@ def _refusal(reason: str, message: str, delay: float
     return [], reason, message, delay
 
 
+@dataclass(frozen=True, slots=True)
+class _TaskDataset:
+    """The data set a campaign's tasks carry (``Campaign.task_dataset``)."""
+
+    sha256: str
+    size: int
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """An unsent replica the claim read, with what its task needs of its work unit."""
+
+    pk: int
+    workunit_id: int
+    campaign_id: int
+    island: int
+    epoch: int
+    payload: Any  # JSON text as read; parsed once it is sent
+    cost: int
+    credit: float
+    min_quorum: int
+    delay_bound: int
+
+
+def _active_campaigns() -> dict[int, _TaskDataset]:
+    """Active campaigns and the data set each one's tasks carry: one small query, so that the
+    claim needs neither the campaign nor the data set tables."""
+    rows = _query(
+        f"SELECT c.id, s.sha256, s.size_bytes, d.sha256, d.size_bytes FROM {_CAMPAIGN} c "
+        f"JOIN {_DATASET} d ON d.id = c.dataset_id "
+        f"LEFT JOIN {_DATASET} s ON s.id = c.search_dataset_id WHERE c.state = %s",
+        [CampaignState.ACTIVE.value])
+    return {pk: _TaskDataset(search_sha, search_size) if search_sha is not None
+            else _TaskDataset(sha, size)
+            for pk, search_sha, search_size, sha, size in rows}
+
+
 def _send_work(*, host: Host, request: dict[str, Any], client_version: str, now: datetime,
                rng: random.Random, url_base: str
                ) -> tuple[list[dict[str, Any]], str | None, str, float]:
@@ -396,11 +670,13 @@ def _send_work(*, host: Host, request: dict[str, Any], client_version: str, now:
     if free_slots <= 0 or work_seconds <= 0:
         return _refusal(protocol.REASON_NOT_ASKED, "No work was asked for.", _delay_soon())
 
+    campaigns = _active_campaigns()
     limit = min(free_slots, quota_left, MAX_TASKS_PER_REQUEST)
-    claimed = _claim(host=host, limit=limit, work_seconds=work_seconds,
-                     datasets=list(request.get("datasets", [])), now=now)
+    claimed = _claim(host=host, campaigns=campaigns, limit=limit, work_seconds=work_seconds,
+                     datasets=set(request.get("datasets", [])), now=now) if campaigns else []
     if not claimed:
-        if host.speed > 0 and _candidates(host, feasible_only=False).exists():
+        if host.speed > 0 and campaigns and _candidates(
+                host, campaign_ids=list(campaigns), feasible_only=False).exists():
             return _refusal(
                 protocol.REASON_TOO_SLOW,
                 "There is work, but none this host could finish before its deadline at its "
@@ -409,19 +685,20 @@ def _send_work(*, host: Host, request: dict[str, Any], client_version: str, now:
                         _delay_no_work())
 
     host.results_today += len(claimed)
-    for row in claimed:
-        _maybe_trust_alone(host, row, now, rng)
-    tasks = [_task(row, now, url_base) for row in claimed]
+    _maybe_trust_alone(host, claimed, now, rng)
+    urls: dict[str, str] = {}
+    tasks = [_task(row, campaigns[row.campaign_id], now, url_base, urls) for row in claimed]
     plural = "s" if len(tasks) != 1 else ""
     return tasks, None, f"Sent {len(tasks)} task{plural}.", _delay_soon()
 
 
-def _candidates(host: Host, *, feasible_only: bool = True, datasets: Sequence[str] = (),
-                local: bool | None = None) -> QuerySet[Result]:
-    """Unsent replicas this host may get, best first: priority (higher first), then age."""
+def _candidates(host: Host, *, campaign_ids: list[int], feasible_only: bool = True
+                ) -> QuerySet[Result]:
+    """Unsent replicas of these campaigns this host may get, best first (the claim's rules, as
+    a queryset: :func:`_candidate_batch` is the same query written out)."""
     rows = Result.objects.filter(
         server_state=ServerState.UNSENT,
-        workunit__campaign__state=CampaignState.ACTIVE,
+        workunit__campaign_id__in=campaign_ids,
         workunit__error_mask=0,
         workunit__canonical_result__isnull=True,
     ).filter(
@@ -433,37 +710,46 @@ def _candidates(host: Host, *, feasible_only: bool = True, datasets: Sequence[st
         # Estimated runtime cost / speed must fit in the deadline: cost <= delay_bound * speed.
         rows = rows.filter(workunit__cost__lte=ExpressionWrapper(
             F("workunit__delay_bound") * Value(float(host.speed)), output_field=FloatField()))
-    if local is not None and datasets:
-        # The data set a task carries is the campaign's in-sample file (``task_dataset``).
-        held = (Q(workunit__campaign__search_dataset__sha256__in=list(datasets))
-                | Q(workunit__campaign__search_dataset__isnull=True,
-                    workunit__campaign__dataset__sha256__in=list(datasets)))
-        rows = rows.filter(held) if local else rows.exclude(held)
     return rows.order_by("-priority", "pk")
 
 
-def _locked_batches(rows: QuerySet[Result], batch_size: int) -> Iterator[list[Result]]:
-    """Batches of candidates, each locked for this transaction; rows others hold are skipped."""
+def _candidate_batch(host: Host, campaign_ids: list[int], seen: list[int],
+                     batch_size: int) -> list[_Candidate]:
+    """The next unsent replicas this host may get, best first (priority, then age), locked for
+    this transaction; rows another transaction holds are skipped, never waited for."""
+    sql = [f"SELECT r.id, r.workunit_id, w.campaign_id, w.island, w.epoch, w.payload, w.cost, "
+           f"w.credit, w.min_quorum, w.delay_bound "
+           f"FROM {_RESULT} r JOIN {_WORKUNIT} w ON w.id = r.workunit_id "
+           f"WHERE r.server_state = %s AND w.campaign_id{_in(campaign_ids)} "
+           f"AND w.error_mask = 0 AND w.canonical_result_id IS NULL "
+           # One replica per volunteer per work unit (BOINC's one_result_per_user_per_wu).
+           f"AND NOT EXISTS (SELECT 1 FROM {_RESULT} o WHERE o.workunit_id = r.workunit_id "
+           f"AND o.volunteer_id = %s) "
+           # One replica per work unit in a reply: its best unsent one, so that the rows locked
+           # are the rows sent, not their siblings too.
+           f"AND NOT EXISTS (SELECT 1 FROM {_RESULT} s WHERE s.workunit_id = r.workunit_id "
+           f"AND s.server_state = %s AND (s.priority > r.priority "
+           f"OR (s.priority = r.priority AND s.id < r.id)))"]
+    params: list[Any] = [ServerState.UNSENT, *_ids(campaign_ids), host.volunteer_id,
+                         ServerState.UNSENT]
+    if host.speed > 0:
+        # Estimated runtime cost / speed must fit in the deadline: cost <= delay_bound * speed.
+        sql.append("AND w.cost <= w.delay_bound * %s")
+        params.append(float(host.speed))
+    if seen:
+        sql.append(f"AND NOT (r.id{_in(seen)})")
+        params += _ids(seen)
+    sql.append("ORDER BY r.priority DESC, r.id LIMIT %s")
+    params.append(batch_size)
     if connection.features.has_select_for_update_skip_locked:
-        of = ("self", "workunit") if connection.features.has_select_for_update_of else ()
-        rows = rows.select_for_update(skip_locked=True, of=of)
-    rows = rows.select_related("workunit__campaign__dataset",
-                               "workunit__campaign__search_dataset")
-    seen: list[int] = []
-    for _ in range(8):  # bounded: a request never scans the whole table
-        batch = list(rows.exclude(pk__in=seen)[:batch_size])
-        if not batch:
-            return
-        yield batch
-        if len(batch) < batch_size:
-            return
-        seen.extend(row.pk for row in batch)
+        sql.append("FOR UPDATE OF r, w SKIP LOCKED")
+    return [_Candidate(*row) for row in _query(" ".join(sql), params)]
 
 
-def _claim(*, host: Host, limit: int, work_seconds: float, datasets: list[str],
-           now: datetime) -> list[Result]:
+def _claim(*, host: Host, campaigns: dict[int, _TaskDataset], limit: int, work_seconds: float,
+           datasets: set[str], now: datetime) -> list[_Candidate]:
     """Claim up to ``limit`` replicas, about ``work_seconds`` of work, held data sets first."""
-    claimed: list[Result] = []
+    claimed: list[_Candidate] = []
     workunits: set[int] = set()
     estimated = 0.0
 
@@ -471,23 +757,29 @@ def _claim(*, host: Host, limit: int, work_seconds: float, datasets: list[str],
         # BOINC sends until the request is covered: the last task may overshoot it.
         return len(claimed) >= limit or (host.speed > 0 and estimated >= work_seconds)
 
-    passes = [True, False] if datasets else [None]  # locality first (BOINC's "lite" +10)
-    for local in passes:
-        for batch in _locked_batches(_candidates(host, datasets=datasets, local=local),
-                                     batch_size=min(2 * limit + 2, 100)):
+    # Locality first (BOINC's "lite" +10): campaigns whose data set the host holds, then the
+    # rest. Split by campaign up front, so that a pass never scans for rows it cannot use.
+    local = [pk for pk, dataset in campaigns.items() if dataset.sha256 in datasets]
+    other = [pk for pk in campaigns if pk not in set(local)]
+    batch_size = limit  # one row per work unit: the rows locked are the rows sent
+    for campaign_ids in (ids for ids in (local, other) if ids):
+        seen: list[int] = []
+        for _ in range(8):  # bounded: a request never scans the whole table
+            batch = _candidate_batch(host, campaign_ids, seen, batch_size)
             remaining = batch
             while remaining:
                 # Pick, in order, what would cover the request; claim the picks in one go.
-                picked: list[Result] = []
+                picked: list[_Candidate] = []
+                picked_units: set[int] = set()
                 picked_cost = 0.0
-                rest: list[Result] = []
+                rest: list[_Candidate] = []
                 for index, row in enumerate(remaining):
-                    if row.workunit_id in workunits or any(
-                            row.workunit_id == other.workunit_id for other in picked):
+                    if row.workunit_id in workunits or row.workunit_id in picked_units:
                         continue  # a sibling is already in this reply
                     picked.append(row)
+                    picked_units.add(row.workunit_id)
                     if host.speed > 0:
-                        picked_cost += row.workunit.cost / host.speed
+                        picked_cost += row.cost / host.speed
                     if (len(claimed) + len(picked) >= limit
                             or (host.speed > 0 and estimated + picked_cost >= work_seconds)):
                         rest = remaining[index + 1:]
@@ -498,94 +790,124 @@ def _claim(*, host: Host, limit: int, work_seconds: float, datasets: list[str],
                     claimed.append(row)
                     workunits.add(row.workunit_id)
                     if host.speed > 0:
-                        estimated += row.workunit.cost / host.speed
+                        estimated += row.cost / host.speed
                 if covered():
                     return claimed
                 remaining = rest  # only if a pick was lost to another request
+            if len(batch) < batch_size:
+                break
+            seen += [row.pk for row in batch]
     return claimed
 
 
-def _claim_rows(host: Host, rows: list[Result], now: datetime) -> list[Result]:
+def _claim_rows(host: Host, rows: list[_Candidate], now: datetime) -> list[_Candidate]:
     """Send ``rows`` (of distinct work units) to ``host``: one conditional UPDATE per deadline
     (one in practice), its row count checked; returns the rows won, in order."""
-    by_deadline: dict[datetime, list[Result]] = {}
+    by_deadline: dict[datetime, list[_Candidate]] = {}
     for row in rows:
-        deadline = now + timedelta(
-            seconds=row.workunit.delay_bound + settings.RESULT_GRACE_SECONDS)
+        deadline = now + timedelta(seconds=row.delay_bound + settings.RESULT_GRACE_SECONDS)
         by_deadline.setdefault(deadline, []).append(row)
     won: set[int] = set()
     for deadline, group in by_deadline.items():
         ids = [row.pk for row in group]
-        changed = Result.objects.filter(pk__in=ids, server_state=ServerState.UNSENT).update(
-            server_state=ServerState.IN_PROGRESS, host=host, volunteer_id=host.volunteer_id,
-            sent_time=now, report_deadline=deadline, acked_time=None, updated_at=now)
+        changed = _execute(
+            f"UPDATE {_RESULT} SET server_state = %s, host_id = %s, volunteer_id = %s, "
+            f"sent_time = %s, report_deadline = %s, acked_time = NULL, updated_at = %s "
+            f"WHERE id{_in(ids)} AND server_state = %s",
+            [ServerState.IN_PROGRESS, host.pk, host.volunteer_id, _db_time(now),
+             _db_time(deadline), _db_time(now), *_ids(ids), ServerState.UNSENT])
         if changed == len(ids):
             group_won = ids
         else:
             # Another request sent some first (the rows are locked on PostgreSQL and writers
             # are serial on SQLite, so this is a safeguard): keep those we sent just now.
-            group_won = list(Result.objects.filter(
-                pk__in=ids, server_state=ServerState.IN_PROGRESS, host=host, sent_time=now,
-                report_deadline=deadline, updated_at=now).values_list("pk", flat=True))
+            group_won = [pk for (pk,) in _query(
+                f"SELECT id FROM {_RESULT} WHERE id{_in(ids)} AND server_state = %s "
+                "AND host_id = %s AND sent_time = %s AND report_deadline = %s",
+                [*_ids(ids), ServerState.IN_PROGRESS, host.pk, _db_time(now), _db_time(deadline)])]
         if not group_won:
             continue
         won.update(group_won)
         # Wake the transitioner by the deadline (BOINC: min(existing, deadline)).
-        WorkUnit.objects.filter(
-            pk__in=[row.workunit_id for row in group if row.pk in won]).update(
-            transition_time=Least(Coalesce(F("transition_time"), Value(deadline)),
-                                  Value(deadline)),
-            updated_at=now)
-        for row in group:
-            if row.pk in won:
-                row.server_state, row.host = ServerState.IN_PROGRESS, host
-                row.volunteer_id = host.volunteer_id
-                row.sent_time, row.report_deadline = now, deadline
+        units = sorted({row.workunit_id for row in group if row.pk in won})
+        _execute(f"UPDATE {_WORKUNIT} SET transition_time = CASE WHEN transition_time IS NULL "
+                 "OR transition_time > %s THEN %s ELSE transition_time END, updated_at = %s "
+                 f"WHERE id{_in(units)}",
+                 [_db_time(deadline), _db_time(deadline), _db_time(now), *_ids(units)])
     return [row for row in rows if row.pk in won]
 
 
-def _maybe_trust_alone(host: Host, row: Result, now: datetime, rng: random.Random) -> None:
+def _maybe_trust_alone(host: Host, claimed: list[_Candidate], now: datetime,
+                       rng: random.Random) -> None:
     """Adaptive replication (reference §2.7): a long-trusted host may run a work unit alone.
 
     Only when this is the work unit's first replica sent; trusted with probability
-    1 - 1/consecutive_valid, so even a trusted host is spot-checked now and then.
+    1 - 1/consecutive_valid, so even a trusted host is spot-checked now and then. The claimed
+    work units are locked (the claim's ``FOR UPDATE OF``), so the checks hold until commit.
     """
-    workunit = row.workunit
     valid_run = host.consecutive_valid
-    if workunit.min_quorum < 2 or valid_run < TRUST_AFTER_CONSECUTIVE_VALID:
+    if valid_run < TRUST_AFTER_CONSECUTIVE_VALID:
         return
-    if Result.objects.filter(workunit_id=workunit.pk, sent_time__isnull=False).exclude(
-            pk=row.pk).exists():
+    eligible = [row for row in claimed if row.min_quorum >= 2]
+    if not eligible:
         return
-    if rng.random() >= 1.0 - 1.0 / valid_run:
+    claimed_ids = [row.pk for row in claimed]  # one per work unit
+    units = [row.workunit_id for row in eligible]
+    replicated = {wu for (wu,) in _query(
+        f"SELECT DISTINCT workunit_id FROM {_RESULT} WHERE workunit_id{_in(units)} "
+        f"AND sent_time IS NOT NULL AND NOT (id{_in(claimed_ids)})",
+        [*_ids(units), *_ids(claimed_ids)])}
+    # One draw per first replica, in claim order (a seeded rng replays the same choices).
+    alone = [row for row in eligible
+             if row.workunit_id not in replicated and rng.random() < 1.0 - 1.0 / valid_run]
+    if not alone:
         return
-    changed = WorkUnit.objects.filter(pk=workunit.pk, min_quorum=workunit.min_quorum).update(
-        min_quorum=1, target_nresults=1, updated_at=now)
-    if changed != 1:
-        return
-    workunit.min_quorum = workunit.target_nresults = 1
-    siblings = Result.objects.filter(workunit_id=workunit.pk,
-                                     server_state=ServerState.UNSENT).exclude(pk=row.pk)
-    if connection.features.has_select_for_update_skip_locked:
-        # A sibling another request holds is left to it; the validator retires leftovers.
-        siblings = siblings.select_for_update(skip_locked=True)
-    for pk in list(siblings.values_list("pk", flat=True)):
-        Result.objects.filter(pk=pk, server_state=ServerState.UNSENT).update(
-            server_state=ServerState.OVER, outcome=Outcome.DIDNT_NEED, updated_at=now)
+    by_quorum: dict[int, list[int]] = {}
+    for row in alone:
+        by_quorum.setdefault(row.min_quorum, []).append(row.workunit_id)
+    changed = sum(_execute(
+        f"UPDATE {_WORKUNIT} SET min_quorum = 1, target_nresults = 1, updated_at = %s "
+        f"WHERE id{_in(ids)} AND min_quorum = %s", [_db_time(now), *_ids(ids), quorum])
+        for quorum, ids in by_quorum.items())
+    single = sorted(row.workunit_id for row in alone)
+    if changed != len(alone):  # a safeguard: the claim holds these work units' locks
+        single = [wu for (wu,) in _query(
+            f"SELECT id FROM {_WORKUNIT} WHERE id{_in(single)} AND min_quorum = 1",
+            _ids(single))]
+        if not single:
+            return
+    for row in alone:
+        if row.workunit_id in single:
+            row.min_quorum = 1
+    lock = (" FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked
+            else "")
+    # A sibling another request holds is left to it; the validator retires leftovers.
+    siblings = [pk for (pk,) in _query(
+        f"SELECT id FROM {_RESULT} WHERE workunit_id{_in(single)} AND server_state = %s "
+        f"AND NOT (id{_in(claimed_ids)}){lock}",
+        [*_ids(single), ServerState.UNSENT, *_ids(claimed_ids)])]
+    if siblings:
+        _execute(f"UPDATE {_RESULT} SET server_state = %s, outcome = %s, updated_at = %s "
+                 f"WHERE id{_in(siblings)} AND server_state = %s",
+                 [ServerState.OVER, Outcome.DIDNT_NEED, _db_time(now), *_ids(siblings),
+                  ServerState.UNSENT])
 
 
-def _task(row: Result, now: datetime, url_base: str) -> dict[str, Any]:
-    workunit = row.workunit
-    dataset = workunit.campaign.task_dataset
-    deadline = (now + timedelta(seconds=workunit.delay_bound)).astimezone(UTC)
+def _task(row: _Candidate, dataset: _TaskDataset, now: datetime, url_base: str,
+          urls: dict[str, str]) -> dict[str, Any]:
+    url = urls.get(dataset.sha256)
+    if url is None:
+        url = urls[dataset.sha256] = url_base + reverse(
+            "api:dataset", kwargs={"sha256": dataset.sha256})
+    deadline = (now + timedelta(seconds=row.delay_bound)).astimezone(UTC)
     return {
         "result_id": row.pk,
-        "name": f"c{workunit.campaign_id}_i{workunit.island}_e{workunit.epoch}_{row.pk}",
-        "payload": workunit.payload,
+        "name": f"c{row.campaign_id}_i{row.island}_e{row.epoch}_{row.pk}",
+        "payload": _json(row.payload),
         "dataset_sha256": dataset.sha256,
-        "dataset_url": url_base + reverse("api:dataset", kwargs={"sha256": dataset.sha256}),
-        "dataset_size": dataset.size_bytes,
+        "dataset_url": url,
+        "dataset_size": dataset.size,
         "deadline": deadline.isoformat(timespec="seconds"),
-        "credit": workunit.credit,
-        "cost": workunit.cost,
+        "credit": row.credit,
+        "cost": row.cost,
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from django.conf import settings
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -24,9 +25,13 @@ FILE_DELETER = "apps.workunits.tasks.run_file_deleter"
 
 
 def enqueue_transitions(workunit_ids: Iterable[int]) -> None:
-    """Ask the transitioner to look at these work units now (called on commit of a report)."""
+    """Ask the transitioner to look at these work units now (called on commit of a report).
+
+    Not when the daemons run as ``manage.py run_daemons --loop`` (``DAEMON_RUNNER=loop``): no
+    cluster would take the task, and the queue would only grow; the loop finds the work itself.
+    """
     ids = sorted(set(workunit_ids))
-    if ids:
+    if ids and settings.DAEMON_RUNNER == "qcluster":
         async_task("apps.workunits.tasks.transition_workunits", ids)
 
 

@@ -10,7 +10,12 @@ For each work unit flagged ``need_validate`` (reference/boinc.md §2):
   space, the claimed metrics of the top genomes (and the ranking of the best few of the final
   population) match a fresh ``evaluate_population`` on the same bars, and the digest matches the
   one recomputed from the output. A replica that lies is INVALID, earns nothing and loses its
-  host's trust; when the liars were the majority, nobody is canonical.
+  host's trust; when the liars were the majority, nobody is canonical. What it cannot see is an
+  answer that is self-consistent but not the GA's (random genomes scored truthfully, an earlier
+  epoch's answer replayed): only a disagreeing replica exposes that, so a host trusted to run
+  alone can pass one off (adaptive replication's accepted risk; ``bench/cheaters.py --kinds
+  sleeper`` measures it). One such answer is caught for certain: another work unit's,
+  replayed (:func:`answer_of_another_workunit`).
 * **Consensus.** The first honest replica of the group becomes canonical; its group is VALID
   and earns the work unit's credit (once: the ledger's unique constraint), the other answers are
   INVALID, unsent replicas are not needed any more, and the work unit goes to the assimilator.
@@ -18,12 +23,19 @@ For each work unit flagged ``need_validate`` (reference/boinc.md §2):
   of answers (BOINC's rule), so the transitioner sends one more replica; past
   ``max_success_results`` answers the work unit errors instead.
 * **Stragglers.** A success that arrives after the canonical result is VALID (and credited) if
-  it has the canonical digest and passes the same re-check, INVALID otherwise.
+  it has the canonical digest and passes the same re-check, INVALID otherwise; it earns no trust.
 
 Host reliability follows BOINC: valid → ``n_valid + 1`` and the daily quota doubled up to its
 cap, and ``consecutive_valid + 1`` only when another host agreed (trust is earned only by
 agreement, so a host alone on a work unit cannot raise its own); invalid → trust reset
 (``consecutive_valid = 0``), ``n_invalid + 1`` and one task less of daily quota.
+
+One rule is stricter than BOINC's: the agreement must come from a replica reported *no earlier*
+(:func:`_confirmed`). A replica reported after an agreeing answer was already on record may be a
+copy of it; it is valid and credited (a copy of a correct answer cannot be told from the answer),
+but it proves no computation and earns no trust. Otherwise a copier climbs to trusted by copying,
+is then sent work units alone, where there is nothing to copy, and an old answer it replays
+there passes every check (``bench/cheaters.py`` found this).
 """
 
 from __future__ import annotations
@@ -197,12 +209,31 @@ def output_recheck(*, workunit: WorkUnit, output: Any, digest: str = "",
         raise Rejected("the digest does not match the output")
 
 
+def answer_of_another_workunit(*, workunit: WorkUnit, digest: str) -> bool:
+    """Whether ``digest`` is the validated answer of another task of the campaign.
+
+    Every island epoch has its own seed and start population, so an honest answer is its work
+    unit's alone; another work unit's validated answer reported here is a replay. The re-check
+    cannot see one (the bars, the space and the settings are the campaign's), and two hosts
+    replaying the same answer would otherwise agree with each other. Only *validated* answers
+    count: were any reported answer to count, one cheater could block a work unit by reporting
+    its honest answer (which it computed) for another work unit first. A work unit with the very
+    same payload (not made by the campaign's services, which seed each epoch apart) has the very
+    same answer, so it is not another task.
+    """
+    payloads = (WorkUnit.objects.filter(campaign_id=workunit.campaign_id,
+                                        canonical_result__digest=digest)
+                .exclude(pk=workunit.pk).values_list("payload", flat=True))
+    return any(payload != workunit.payload for payload in payloads)
+
+
 class _Checker:
     """Re-checks replicas of one work unit, loading its bars once."""
 
     def __init__(self, wu: WorkUnit):
         self.wu = wu
         self._data: OHLCV | None = None
+        self._replayed: dict[str, bool] = {}
 
     def __call__(self, r: Result) -> Rejected | None:
         if self._data is None:
@@ -219,6 +250,11 @@ class _Checker:
             # fault: judging it malformed keeps one bad replica from holding up the queue.
             return Rejected(f"the output cannot be checked: {type(exc).__name__}: {exc}",
                             malformed=True)
+        if r.digest not in self._replayed:
+            self._replayed[r.digest] = answer_of_another_workunit(workunit=self.wu,
+                                                                  digest=r.digest)
+        if self._replayed[r.digest]:
+            return Rejected("the validated answer of another work unit, replayed")
         return None
 
 
@@ -277,6 +313,16 @@ def _mark_invalid(r: Result, *, now: datetime, rejected: Rejected | None = None)
     host_record_invalid(r.host_id, now=now)
 
 
+def _confirmed(r: Result, agreeing: list[Result]) -> bool:
+    """Whether another agreeing replica was reported no earlier than ``r``: only then does the
+    agreement show that ``r`` was computed rather than copied from an answer already on record
+    (reports at the same instant cannot have copied each other)."""
+    if r.received_time is None:
+        return False
+    return any(other.pk != r.pk and other.received_time is not None
+               and other.received_time >= r.received_time for other in agreeing)
+
+
 def _digest_key(r: Result) -> str:
     if r.digest:
         return r.digest
@@ -322,7 +368,7 @@ def _check_set(wu: WorkUnit, results: list[Result], check: _Checker, *, now: dat
         agreeing_ids = {r.pk for r in agreeing}
         for r in viable:
             if r.pk in agreeing_ids:
-                _mark_valid(r, wu, confirmed=len(agreeing) >= 2, now=now)
+                _mark_valid(r, wu, confirmed=_confirmed(r, agreeing), now=now)
             elif r.pk not in rejected:
                 _mark_invalid(r, now=now)
         for r in results:
@@ -366,7 +412,8 @@ def _check_stragglers(wu: WorkUnit, results: list[Result], check: _Checker, *,
             continue
         problem = check(r)
         if problem is None:
-            _mark_valid(r, wu, confirmed=True, now=now)
+            # Reported after the canonical answer was on record: valid, but no proof of work.
+            _mark_valid(r, wu, confirmed=False, now=now)
         else:
             _mark_invalid(r, now=now, rejected=problem)
     checked_update(WorkUnit.objects.filter(pk=wu.pk, need_validate=True),

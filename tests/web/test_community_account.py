@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from apps.accounts.models import Host, Volunteer
 from apps.accounts.selectors import volunteer_by_account_key
-from apps.web.views_community import ACCOUNT_KEY_SESSION_KEY
+from apps.web.views_community import ACCOUNT_KEY_COOKIE
 from apps.workunits.models import Result
 from apps.workunits.states import Outcome, ServerState, ValidateState
 from tests.factories import make_host, make_volunteer, make_workunit, sha256_hex
@@ -169,7 +169,7 @@ def test_rotating_the_key_shows_the_new_one_once_and_retires_the_old(volunteer_c
     assert volunteer_by_account_key(new_key) == volunteer
     assert volunteer_by_account_key(old_key) is None
     assert _shown_key(volunteer_client.get("/account/").content.decode()) is None
-    assert ACCOUNT_KEY_SESSION_KEY not in volunteer_client.session
+    assert not volunteer_client.cookies[ACCOUNT_KEY_COOKIE].value  # deleted once shown
 
 
 def test_rotating_takes_a_post(volunteer_client, volunteer):

@@ -165,6 +165,29 @@ def test_a_full_round_trip_speaks_the_protocol():
     assert Result.objects.get(pk=task.result_id).server_state == ServerState.OVER
 
 
+def test_the_reply_is_exactly_what_its_output_serializer_renders():
+    """The scheduler's reply skips SchedulerReplySerializer (it is the busiest endpoint): the
+    service's dict must already be that serializer's rendering, for tasks, rejections and
+    refusals alike."""
+    from apps.workunits.serializers import SchedulerReplySerializer
+
+    workunits = [make_workunit() for _ in range(3)]
+    host = make_host()
+    sha = workunits[0].campaign.dataset.sha256
+    first = post_json(worker(host), SCHEDULER, {"free_slots": 3, "work_seconds": 900.0,
+                                                "datasets": [sha]})
+    tasks = first.json()["tasks"]
+    second = post_json(worker(host), SCHEDULER, {
+        "results": [{"result_id": tasks[0]["result_id"], "status": "success",
+                     "output": {"digest": DIGEST}}, {"result_id": 999_999, "status": "error"}],
+        "acks": [t["result_id"] for t in tasks], "free_slots": 0})
+    for response in (first, second):
+        assert response.status_code == 200, response.content
+        body = response.json()
+        assert json.dumps(body) == json.dumps(SchedulerReplySerializer(body).data)
+    assert len(tasks) == 3 and second.json()["rejected"] and second.json()["reason"]
+
+
 def test_an_old_client_is_told_to_upgrade(settings):
     settings.MIN_CLIENT_VERSION = "0.2.0"
     make_workunit()

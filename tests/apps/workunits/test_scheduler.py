@@ -554,9 +554,9 @@ def test_a_report_plus_a_claim_costs_a_bounded_number_of_statements(django_asser
     replica = send(workunits[0].results.first(), host)
     host.refresh_from_db()
     # lock volunteer, read host, read reported rows, lock work unit, store report, wake work
-    # unit, queue transitioner, claim select, claim update, deadline update, host update; and
-    # the transaction's begin/commit (savepoint/release here).
-    with django_assert_max_num_queries(13):
+    # unit, queue transitioner, active campaigns, claim select, claim update, deadline update,
+    # host update; and the transaction's begin/commit (savepoint/release here).
+    with django_assert_max_num_queries(14):
         reply = scheduler_request(
             host=host, client_version="0.1.0", now=NOW,
             request={"results": [success(replica.pk)], "acks": [replica.pk], "free_slots": 4,
@@ -564,3 +564,48 @@ def test_a_report_plus_a_claim_costs_a_bounded_number_of_statements(django_asser
     assert reply["accepted"] == [replica.pk]
     assert len(reply["tasks"]) == 4
     assert Result.objects.filter(host=host, server_state=ServerState.IN_PROGRESS).count() == 4
+
+
+def test_a_batch_costs_as_many_statements_as_one_task(django_assert_max_num_queries):
+    """A many-core host reports, acks and heartbeats many tasks and gets many: the statements
+    do not grow with the number of tasks (one UPDATE stores every report, one records every
+    ack and heartbeat), and each row still gets its own values."""
+    campaign = make_campaign(min_quorum=1, target_nresults=1)
+    workunits = [make_workunit(campaign=campaign) for _ in range(40)]
+    host = make_host(cpu_count=16)
+    reported = [send(wu.results.first(), host) for wu in workunits[:8]]
+    running = [send(wu.results.first(), host) for wu in workunits[8:16]]
+    error = reported.pop()
+    host.refresh_from_db()
+    with django_assert_max_num_queries(15):
+        reply = scheduler_request(
+            host=host, client_version="0.1.0", now=NOW + timedelta(seconds=100),
+            request={"results": [success(r.pk, digest=f"{i:064x}", cpu_time=float(i + 1),
+                                         wall_time=float(i + 1))
+                                 for i, r in enumerate(reported)]
+                     + [{"result_id": error.pk, "status": "error", "error": "out of memory"}],
+                     "acks": [r.pk for r in running],
+                     "in_progress": [r.pk for r in running],
+                     "progress": [{"result_id": r.pk, "fraction_done": i / 10}
+                                  for i, r in enumerate(running)],
+                     "free_slots": 16, "work_seconds": 16 * 3600.0,
+                     "datasets": [campaign.dataset.sha256]})
+    assert reply["accepted"] == [r.pk for r in reported] + [error.pk]
+    assert reply["rejected"] == [] and reply["abort"] == []
+    assert len(reply["tasks"]) == 16
+    for i, r in enumerate(reported):
+        r.refresh_from_db()
+        assert (r.server_state, r.outcome, r.validate_state) == (
+            ServerState.OVER, Outcome.SUCCESS, ValidateState.INIT)
+        assert r.digest == f"{i:064x}" and r.output["digest"] == r.digest
+        assert r.cpu_time == r.wall_time == float(i + 1)
+        assert r.received_time == NOW + timedelta(seconds=100)
+    error.refresh_from_db()
+    assert (error.server_state, error.outcome, error.validate_state) == (
+        ServerState.OVER, Outcome.CLIENT_ERROR, ValidateState.INVALID)
+    assert error.error_message == "out of memory" and error.output is None
+    for i, r in enumerate(running):
+        r.refresh_from_db()
+        assert r.server_state == ServerState.IN_PROGRESS
+        assert r.acked_time == NOW + timedelta(seconds=100)
+        assert r.fraction_done == pytest.approx(i / 10)

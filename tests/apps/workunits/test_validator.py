@@ -332,7 +332,8 @@ def test_straggler_with_the_canonical_answer_is_valid_and_credited():
     assert late.validate_state == ValidateState.VALID
     assert CreditGrant.objects.filter(result=late).count() == 1
     hosts[2].refresh_from_db()
-    assert hosts[2].consecutive_valid == 1
+    # Reported after the answer it agrees with: it could be a copy, so no trust (test_trust.py).
+    assert (hosts[2].consecutive_valid, hosts[2].n_valid) == (0, 1)
 
 
 def test_straggler_with_another_answer_is_invalid():
