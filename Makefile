@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 WHEEL_STAMP := var/dist/.built
 
-.PHONY: help install browser test lint bench bench-quick bench-scheduler bench-faults bench-cheaters demo engine-demo wheel clean
+.PHONY: help install browser test lint bench bench-quick bench-scheduler bench-load bench-faults bench-cheaters demo engine-demo wheel clean
 
 help:
 	@echo "make demo         set up and run the demo"
@@ -13,6 +13,7 @@ help:
 	@echo "make bench        engine benchmark against vectorbt, backtesting.py and a numba loop"
 	@echo "make bench-quick  the same, reduced (under a minute)"
 	@echo "make bench-scheduler  tasks dispatched and reported per second (PostgreSQL, gunicorn)"
+	@echo "make bench-load   1,000 simulated hosts against gunicorn + PostgreSQL + the daemons"
 	@echo "make bench-faults portal, cluster, PostgreSQL and workers restarted while mining"
 	@echo "make bench-cheaters  forged results against the validator: accepted, credit, redundancy"
 	@echo "make engine-demo  a local island search, no portal"
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed, found " + sys.version.split()[0])'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[portal,test,peers]"
+	$(PY) -m pip install --quiet -e ".[portal,test,peers,bench]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -49,6 +50,9 @@ bench-quick: $(STAMP)
 
 bench-scheduler: $(STAMP)
 	$(PY) bench/scheduler.py
+
+bench-load: $(STAMP)
+	$(PY) bench/load.py
 
 # Restarts the local PostgreSQL: not while something else uses it.
 bench-faults: $(STAMP)

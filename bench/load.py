@@ -1,36 +1,41 @@
 """Load: a thousand simulated hosts speak the real protocol to the real portal, for a bounded time.
 
     .venv/bin/python bench/load.py [--hosts 1000] [--duration 30] [--slots 4-16]
-                                   [--task-seconds 8] [--request-delay 10] [--daemons qcluster]
+                                   [--task-seconds 8] [--request-delay 10]
+                                   [--daemons qcluster|loop|none] [--gunicorn-workers 4] [--redis]
 
 What it does, all on 127.0.0.1 and bounded in time:
 
 1. creates a throwaway PostgreSQL database (dropped at the end) and fills it: one synthetic data
-   set, campaigns of tiny island epochs (a few hundred bars, 4 genomes, one generation, so that
-   the validator's real re-run of every answer is cheap), two replicas per work unit (quorum
-   2, BOINC's usual redundancy), and ``--hosts`` hosts attached to volunteers in bulk (one
-   volunteer in ten owns two hosts, so "never two replicas of one work unit for one volunteer"
-   is exercised); quotas are lifted (a host here finishes a task a second);
-2. computes the right answer of the island epoch once, with the worker's own ``run_job``:
-   every work unit carries that same payload, so the answer is every task's right answer and
-   the validator, which re-runs the claimed genomes on the server, accepts it for real;
+   set; campaigns of 2,048 islands whose epochs are tiny (300 in-sample bars, 4 genomes, one
+   generation), so that the validator's real re-run of every answer is cheap; two replicas per
+   work unit (quorum 2, BOINC's usual redundancy); ``--hosts`` hosts attached to volunteers in
+   bulk, one volunteer in nine owning two hosts, so that "never two replicas of one work unit
+   for one volunteer" is exercised; quotas lifted (a host here finishes a task a second);
+2. computes the right answer of every island's epoch with the worker's own ``run_job``: island
+   i carries the same payload in every campaign (its seed is ``epoch_seed(seed, i, 0)``, as the
+   campaign services make it), so the hosts report right answers and the validator, which
+   re-runs the claimed genomes on the server, accepts them for real;
 3. starts the portal under gunicorn (production settings, DEBUG off) and the server daemons
-   (``manage.py qcluster`` by default, as production runs them);
+   (``manage.py qcluster`` by default, as production runs them, at nice 10: batch work that
+   yields the CPU to the calls);
 4. runs the hosts in one asyncio process (aiohttp): each host has ``--slots`` cores and holds
    up to twice as many tasks (running plus a buffer, like BOINC's work buffer); each task runs
    for a simulated ``--task-seconds`` (± 50 %), then its result is reported. A host calls when
    it has something to say (results, acks, free buffer) and never sooner than the
-   ``request_delay`` the portal tells it; each call carries its results, acks, the tasks it
-   holds, heartbeats of the running ones and a request for work, as ``strategy-worker`` does;
-   it downloads the data set once, after its first task;
+   ``request_delay`` the portal tells it (``SCHEDULER_REQUEST_DELAY``, 10 s here); each call
+   carries its results, acks, the tasks it holds, heartbeats of the running ones and a request
+   for work, as ``strategy-worker`` does; it downloads the data set once, after its first task;
 5. after ``--warmup`` seconds measures for ``--duration`` seconds: tasks dispatched/s, results
    reported/s, work units validated/s and credit granted/s, request latency percentiles,
-   errors by kind, the CPU each part used, and the daemons' backlog;
+   errors by kind, the CPU each part used (and per task), and the daemons' backlog;
 6. checks with SQL that no replica was given to two hosts and that no volunteer got two
    replicas of one work unit, and exits non-zero on any error or double assignment.
 
 The offered load is hosts × mean slots / task seconds (1,000 × 10 / 8 = 1,250 tasks/s by
-default); each call carries about request_delay / task_seconds × slots results.
+default); a call carries about request_delay / task_seconds × slots results (12-15 here). On a
+shared machine the throughput moves with the neighbours' load: the CPU per task does not, and
+2 cores divided by it is the capacity of an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -291,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="mean simulated run time of a task, ±50%% (8)")
     parser.add_argument("--request-delay", type=int, default=10,
                         help="the portal's SCHEDULER_REQUEST_DELAY, obeyed by the hosts (10)")
-    parser.add_argument("--gunicorn-workers", type=int, default=3)
+    parser.add_argument("--gunicorn-workers", type=int, default=4)
     parser.add_argument("--gunicorn-threads", type=int, default=1,
                         help="threads per worker; more than 1 selects gthread (1: sync)")
     parser.add_argument("--daemons", choices=["qcluster", "loop", "none"], default="qcluster",
@@ -551,6 +556,14 @@ def _report(opts: Options, args: argparse.Namespace, window: Window, totals: Tot
     for name, value in cpu_window.items():
         if not name.startswith("machine"):
             print(f"    {name:<32} {value:>6.1f}  = {1e3 * value / tasks:5.2f} ms per task")
+    scheduler_ms = 1e3 * (cpu.get("gunicorn", 0.0) + cpu.get("postgres for gunicorn", 0.0)
+                          + own_cpu) / tasks
+    cores = os.cpu_count() or 1
+    figures["scheduler_cpu_ms_per_task"] = round(scheduler_ms, 3)
+    figures["idle_machine_capacity_tasks_per_s"] = round(1e3 * cores / scheduler_ms)
+    print(f"  the calls cost {scheduler_ms:.2f} ms of CPU per task (gunicorn, its PostgreSQL "
+          f"and the hosts): {cores} idle cores would carry {1e3 * cores / scheduler_ms:,.0f} "
+          "tasks/s without the daemons")
     print("  backlog when the load stopped:")
     for name, value in backlog.items():
         print(f"    {name:<48} {value:>8,}")

@@ -31,22 +31,20 @@ import json
 import multiprocessing
 import os
 import secrets
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import portal  # noqa: E402
+
 BOINC_TASKS_PER_SECOND = 8_800_000 / 86_400  # ~102: BOINC's published single-server figure
-DEFAULT_PG = "postgres://postgres@127.0.0.1:5432/postgres"
 
 
 # -- simulated hosts (only requests and the protocol: what a worker would use) -----------------
@@ -132,31 +130,6 @@ def _host_process(server: str, tokens: list[str], output: dict[str, Any], sha256
 # -- the portal side -----------------------------------------------------------------------------
 
 
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-def _admin_connection(url: str) -> Any:
-    import psycopg
-
-    parts = urlsplit(url)
-    return psycopg.connect(host=parts.hostname or "127.0.0.1", port=parts.port or 5432,
-                           user=parts.username or "postgres", password=parts.password,
-                           dbname=parts.path.lstrip("/") or "postgres", autocommit=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _manage(env: dict[str, str], *args: str) -> None:
-    subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env=env, cwd=ROOT,
-                   check=True, stdout=subprocess.DEVNULL)
-
-
 def _canned_output() -> dict[str, Any]:
     """A real epoch's output (shape and digest as a worker sends), reused for every report."""
     from worker_client.engine import synthetic_ohlcv
@@ -217,40 +190,8 @@ def _seed(env: dict[str, str], hosts: int, workunits: int) -> tuple[list[str], s
     with connections["default"].cursor() as cursor:
         cursor.execute("ANALYZE")
     connections.close_all()
-    return tokens, dataset.sha256
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"gunicorn exited with {process.returncode}; see its log")
-        try:
-            if requests.get(url + "healthz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"the portal did not answer {url}healthz within {timeout:.0f} s")
-
-
-def _stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
+    campaign.refresh_from_db()
+    return tokens, campaign.task_dataset.sha256  # what a worker holds: the in-sample file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gunicorn-workers", type=int, default=2)
     parser.add_argument("--workunits", type=int, default=None,
                         help="single-replica work units to create (default 600 per second)")
-    parser.add_argument("--database", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_PG),
+    parser.add_argument("--database", default=os.environ.get("BENCH_DATABASE_URL",
+                                                             portal.DEFAULT_PG),
                         help="a PostgreSQL URL whose server may create and drop a database")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -278,69 +220,42 @@ def main(argv: list[str] | None = None) -> int:
     workunits = args.workunits or int(600 * args.slots * args.duration)
     procs = min(args.procs, args.hosts)
 
-    name = f"strategy_bench_{os.getpid()}_{secrets.token_hex(3)}"
-    port = _free_port()
-    server = f"http://127.0.0.1:{port}/"
-    log_dir = ROOT / "var" / "bench"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings",
-           "DATABASE_URL": _with_database(args.database, name),
-           "DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-           "DJANGO_SECURE_SSL_REDIRECT": "0",  # plain HTTP on loopback, no TLS proxy in front
-           "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-           "MEDIA_ROOT": str(log_dir / f"{name}-media"),
-           "THROTTLE_SCHEDULER": "100000000/minute", "PYTHONUNBUFFERED": "1"}
-    env.pop("PYTEST_VERSION", None)
-
-    admin = _admin_connection(args.database)
-    admin.execute(f'CREATE DATABASE "{name}"')
-    gunicorn: subprocess.Popen[bytes] | None = None
-    try:
-        print(f"database {name}: migrating and creating {workunits:,} work units, "
+    with portal.ThrowawayDatabase(args.database, "strategy_bench") as database:
+        env = portal.portal_env(database.url, database.name,
+                                THROTTLE_SCHEDULER="100000000/minute")
+        print(f"database {database.name}: migrating and creating {workunits:,} work units, "
               f"{args.hosts} hosts …", flush=True)
-        _manage(env, "migrate", "--noinput")
-        _manage(env, "createcachetable")
+        portal.manage(env, "migrate", "--noinput")
+        portal.manage(env, "createcachetable")
         tokens, sha256 = _seed(env, args.hosts, workunits)
         output = _canned_output()
 
-        log_path = log_dir / "gunicorn.log"
-        with open(log_path, "wb") as log_file:
-            gunicorn = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "portal.wsgi", "-w",
-                 str(args.gunicorn_workers), "-k", "sync", "-b", f"127.0.0.1:{port}",
-                 "--access-logfile", "-", "--log-level", "warning"],
-                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file,
-                start_new_session=True)
-        _wait_healthy(server, gunicorn)
-        print(f"portal up at {server} (gunicorn -w {args.gunicorn_workers} -k sync); "
-              f"{args.hosts} hosts in {procs} processes, {args.slots} task(s) per request, for "
-              f"{args.duration:.0f} s …", flush=True)
+        port = portal.free_port()
+        server = f"http://127.0.0.1:{port}/"
+        gunicorn = portal.start_gunicorn(env, port, workers=args.gunicorn_workers)
+        try:
+            portal.wait_healthy(server, gunicorn)
+            print(f"portal up at {server} (gunicorn -w {args.gunicorn_workers} -k sync); "
+                  f"{args.hosts} hosts in {procs} processes, {args.slots} task(s) per request, "
+                  f"for {args.duration:.0f} s …", flush=True)
 
-        load_before = os.getloadavg()[0]
-        context = multiprocessing.get_context("spawn")
-        results = context.Queue()
-        start_at = time.time() + 3.0  # let every process import and be ready
-        children = [context.Process(target=_host_process, args=(
-            server, tokens[i::procs], output, sha256, args.slots, start_at, args.duration,
-            results))
-            for i in range(procs)]
-        for child in children:
-            child.start()
-        collected = [results.get(timeout=args.duration + 120) for _ in children]
-        for child in children:
-            child.join(10)
-            if child.is_alive():
-                child.kill()
-    finally:
-        if gunicorn is not None:
-            _stop(gunicorn)
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-        media = log_dir / f"{name}-media"
-        if media.exists():
-            import shutil
-
-            shutil.rmtree(media, ignore_errors=True)
+            load_before = os.getloadavg()[0]
+            context = multiprocessing.get_context("spawn")
+            results = context.Queue()
+            start_at = time.time() + 3.0  # let every process import and be ready
+            children = [context.Process(target=_host_process, args=(
+                server, tokens[i::procs], output, sha256, args.slots, start_at, args.duration,
+                results))
+                for i in range(procs)]
+            for child in children:
+                child.start()
+            collected = [results.get(timeout=args.duration + 120) for _ in children]
+            for child in children:
+                child.join(10)
+                if child.is_alive():
+                    child.kill()
+        finally:
+            portal.stop(gunicorn)
 
     latencies = sorted(x for stats in collected for x in stats["latencies"])
     dispatched = sum(stats["dispatched"] for stats in collected)
@@ -359,9 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         "tasks_dispatched": dispatched, "tasks_reported": accepted,
         "tasks_per_s": round(rate, 1), "requests": requests_sent,
         "requests_per_s": round(requests_sent / args.duration, 1),
-        "latency_ms": {"p50": round(_percentile(latencies, 0.50) * 1e3, 2),
-                       "p95": round(_percentile(latencies, 0.95) * 1e3, 2),
-                       "p99": round(_percentile(latencies, 0.99) * 1e3, 2),
+        "latency_ms": {"p50": round(portal.percentile(latencies, 0.50) * 1e3, 2),
+                       "p95": round(portal.percentile(latencies, 0.95) * 1e3, 2),
+                       "p99": round(portal.percentile(latencies, 0.99) * 1e3, 2),
                        "mean": round(statistics.fmean(latencies) * 1e3, 2) if latencies
                        else None},
         "no_work_replies": no_work, "errors": errors,

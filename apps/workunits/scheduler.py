@@ -41,7 +41,7 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from functools import partial
+from functools import partial, reduce
 from typing import Any
 
 from django.conf import settings
@@ -201,6 +201,15 @@ def _wake_transitioner(workunit_ids: list[int]) -> None:
 # --- SQL helpers -------------------------------------------------------------------------------
 
 
+def _of_host() -> str:
+    """``host_id`` equal to a parameter, in a statement that also lists the rows' ids. Written
+    so that PostgreSQL finds the rows by those ids: "host_id = …" could lead its planner to
+    walk every replica the host ever ran, a list that only grows."""
+    if connection.vendor == "postgresql":
+        return "host_id IS NOT DISTINCT FROM %s"
+    return "host_id = %s"
+
+
 def _in(values: Collection[int]) -> str:
     """`` IN (%s, …)`` for a list of ids on SQLite; `` = ANY(%s)`` with the ids as one array on
     PostgreSQL, so that a statement's text does not change with the number of ids and it can
@@ -240,11 +249,17 @@ def _run(sql: str, params: Sequence[Any], *, prepare: bool, fetch: bool) -> Any:
             return cursor.fetchall() if fetch else cursor.rowcount
     import psycopg
 
-    started = time.monotonic()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+    def execute(sql: str, params: Sequence[Any], many: bool, context: dict[str, Any]) -> Any:
         # No parameters: the simple protocol, which takes several statements at once.
         cursor.execute(sql, params or None, prepare=prepare or None)
-        result = cursor.fetchall() if fetch else cursor.rowcount
+        return cursor.fetchall() if fetch else cursor.rowcount
+
+    started = time.monotonic()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        # Django's execute wrappers (connection.execute_wrapper) see these statements too.
+        chain = reduce(lambda inner, wrapper: partial(wrapper, inner),
+                       connection.execute_wrappers, execute)
+        result = chain(sql, params, False, {"connection": connection, "cursor": cursor})
     if connection.queries_logged:
         connection.queries_log.append({"sql": f"{sql} -- {list(params)!r}"[:2000],
                                        "time": f"{time.monotonic() - started:.3f}"})
@@ -460,7 +475,7 @@ def _store_reports(host: Host, fresh: dict[int, dict[str, Any]], now: datetime) 
             params += case_params
     changed = _execute(
         f"UPDATE {_RESULT} SET {', '.join(assignments)} "
-        f"WHERE id{_in(ids)} AND host_id = %s AND server_state = %s",
+        f"WHERE id{_in(ids)} AND {_of_host()} AND server_state = %s",
         [*params, *_ids(ids), host.pk, ServerState.IN_PROGRESS],
         prepare=False)  # its CASEs change with the number of reports
     if changed == len(ids):
@@ -468,7 +483,7 @@ def _store_reports(host: Host, fresh: dict[int, dict[str, Any]], now: datetime) 
     # Our own rows are recognisable: nobody else stores this host's reports (its calls are
     # serial), and none was stored at this instant before.
     return {pk for (pk,) in _query(
-        f"SELECT id FROM {_RESULT} WHERE id{_in(ids)} AND host_id = %s "
+        f"SELECT id FROM {_RESULT} WHERE id{_in(ids)} AND {_of_host()} "
         "AND server_state = %s AND received_time = %s",
         [*_ids(ids), host.pk, ServerState.OVER, _db_time(now)])}
 
@@ -552,7 +567,7 @@ def _record_acks_and_progress(host: Host, acks: Collection[int],
         conditions.append(f"id{_in(fractions)}")
         condition_params += _ids(fractions)
     _execute(f"UPDATE {_RESULT} SET {', '.join(assignments)} "
-             f"WHERE ({' OR '.join(conditions)}) AND host_id = %s AND server_state = %s",
+             f"WHERE ({' OR '.join(conditions)}) AND {_of_host()} AND server_state = %s",
              [*params, *condition_params, host.pk, ServerState.IN_PROGRESS],
              prepare=not fractions)  # a heartbeat's CASE changes with their number
 
@@ -723,13 +738,15 @@ def _candidate_batch(host: Host, campaign_ids: list[int], seen: list[int],
            f"WHERE r.server_state = %s AND w.campaign_id{_in(campaign_ids)} "
            f"AND w.error_mask = 0 AND w.canonical_result_id IS NULL "
            # One replica per volunteer per work unit (BOINC's one_result_per_user_per_wu).
+           # "LIMIT 1 OFFSET 0" keeps each NOT EXISTS a probe of one index per candidate: as
+           # an anti-join, PostgreSQL may instead read every replica the volunteer ever ran.
            f"AND NOT EXISTS (SELECT 1 FROM {_RESULT} o WHERE o.workunit_id = r.workunit_id "
-           f"AND o.volunteer_id = %s) "
+           f"AND o.volunteer_id = %s LIMIT 1 OFFSET 0) "
            # One replica per work unit in a reply: its best unsent one, so that the rows locked
            # are the rows sent, not their siblings too.
            f"AND NOT EXISTS (SELECT 1 FROM {_RESULT} s WHERE s.workunit_id = r.workunit_id "
            f"AND s.server_state = %s AND (s.priority > r.priority "
-           f"OR (s.priority = r.priority AND s.id < r.id)))"]
+           f"OR (s.priority = r.priority AND s.id < r.id)) LIMIT 1 OFFSET 0)"]
     params: list[Any] = [ServerState.UNSENT, *_ids(campaign_ids), host.volunteer_id,
                          ServerState.UNSENT]
     if host.speed > 0:
@@ -823,7 +840,7 @@ def _claim_rows(host: Host, rows: list[_Candidate], now: datetime) -> list[_Cand
             # are serial on SQLite, so this is a safeguard): keep those we sent just now.
             group_won = [pk for (pk,) in _query(
                 f"SELECT id FROM {_RESULT} WHERE id{_in(ids)} AND server_state = %s "
-                "AND host_id = %s AND sent_time = %s AND report_deadline = %s",
+                f"AND {_of_host()} AND sent_time = %s AND report_deadline = %s",
                 [*_ids(ids), ServerState.IN_PROGRESS, host.pk, _db_time(now), _db_time(deadline)])]
         if not group_won:
             continue
