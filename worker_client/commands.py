@@ -12,6 +12,7 @@ from pathlib import Path
 from . import host, runner
 from .cli import ACCOUNT_KEY_ENV
 from .display import format_duration, format_rate
+from .protocol import parse_deadline
 
 
 def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -66,7 +67,7 @@ def print_status(status: host.Status, *, as_json: bool) -> None:
     if status.tasks:
         print(f"Tasks ({len(status.tasks)}):")
         for t in status.tasks:
-            due = _deadline(t.get("deadline"))
+            due = parse_deadline(t.get("deadline"))
             left = "" if due is None else (
                 f"due in {format_duration((due - now).total_seconds())}" if due > now
                 else "overdue")
@@ -118,11 +119,3 @@ def _close(expected: object, value: float) -> bool:
         return not math.isfinite(value)
     return isinstance(expected, int | float) and math.isclose(expected, value, rel_tol=1e-12,
                                                                 abs_tol=1e-12)
-
-
-def _deadline(text: object) -> datetime | None:
-    try:
-        when = datetime.fromisoformat(str(text))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)

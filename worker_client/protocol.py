@@ -18,6 +18,7 @@ population, bar range). Nothing the server sends is ever executed as code.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -120,6 +121,15 @@ class SchedulerReply:
                    rejected=raw["rejected"], abort=raw.get("abort", []),
                    request_delay=float(raw["request_delay"]), reason=raw.get("reason"),
                    message=raw.get("message", ""))
+
+
+def parse_deadline(text: object) -> datetime | None:
+    """``Task.deadline`` as an aware UTC datetime; None if unreadable."""
+    try:
+        when = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def user_agent(client_version: str) -> str:

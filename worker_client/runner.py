@@ -72,6 +72,7 @@ from .protocol import (
     SchedulerRequest,
     Task,
     TaskProgress,
+    parse_deadline,
 )
 from .store import WorkerStore
 
@@ -651,11 +652,8 @@ def _planned(held: _Held) -> PlannedTask:
 
 
 def _deadline(text: str) -> datetime:
-    try:
-        when = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        return datetime.max.replace(tzinfo=UTC)  # unreadable: let the portal judge
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    # Unreadable: never treated as passed; the portal judges.
+    return parse_deadline(text) or datetime.max.replace(tzinfo=UTC)
 
 
 def _fmt(value: Any) -> str:

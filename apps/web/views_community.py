@@ -13,7 +13,7 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView, LogoutView, PasswordChangeView
-from django.core.paginator import EmptyPage, Page, PageNotAnInteger, Paginator
+from django.core.paginator import EmptyPage, PageNotAnInteger, Paginator
 from django.db.models import QuerySet
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -33,6 +33,7 @@ from apps.workunits.scheduler import host_detach
 
 from . import downloads, login_limit
 from .forms import JoinForm, TeamCreateForm, TeamSearchForm
+from .paging import page_of, server_url
 from .svg_charts import line_chart
 
 PER_PAGE = 50
@@ -51,17 +52,6 @@ JOIN_ERROR_FIELDS = {"invalid_username": "username", "username_taken": "username
                      "invalid_password": "password1", "invalid_country": "country",
                      "invalid_display_name": "display_name"}
 TEAM_ERROR_FIELDS = {"invalid_team_description": "description"}
-
-
-def _page(request: HttpRequest, rows: QuerySet, *, per_page: int = PER_PAGE,
-          param: str = "page") -> Page:
-    """The requested page of ``rows``; a missing or bad number gives the first or last page."""
-    return Paginator(rows, per_page).get_page(request.GET.get(param))
-
-
-def _server_url(request: HttpRequest) -> str:
-    """This portal's absolute base URL as a worker must be told it, without trailing slash."""
-    return request.build_absolute_uri("/").rstrip("/")
 
 
 def _hand_key_over(response: HttpResponse, *, user: Any, account_key: str) -> HttpResponse:
@@ -174,8 +164,8 @@ def account(request: HttpRequest) -> HttpResponse:
     response = render(request, "web/community/account.html", {
         "volunteer": volunteer,
         "account_key": account_key,
-        "server_url": _server_url(request),
-        "hosts": _page(request, credit_selectors.account_hosts(volunteer=volunteer, now=now),
+        "server_url": server_url(request),
+        "hosts": page_of(request, credit_selectors.account_hosts(volunteer=volunteer, now=now),
                        param="hosts_page"),
         "rac_now": credit_selectors.rac_now(holder=volunteer, now=now),
         "credit_chart": line_chart(days=days, values=[p.total_credit for p in history],
@@ -232,7 +222,7 @@ def team_list(request: HttpRequest) -> HttpResponse:
     return render(request, "web/community/team_list.html", {
         "search": search,
         "query": query,
-        "teams": _page(request, account_selectors.team_list(search=query)),
+        "teams": page_of(request, account_selectors.team_list(search=query)),
         "volunteer": account_selectors.volunteer_for_user(request.user),
     })
 
@@ -262,7 +252,7 @@ def team_detail(request: HttpRequest, team_id: int) -> HttpResponse:
     return render(request, "web/community/team_detail.html", {
         "team": team,
         "team_rac_now": credit_selectors.rac_now(holder=team, now=now),
-        "members": _page(request, credit_selectors.team_members_ranked(team=team, now=now)),
+        "members": page_of(request, credit_selectors.team_members_ranked(team=team, now=now)),
         "volunteer": account_selectors.volunteer_for_user(request.user),
     })
 
@@ -324,7 +314,7 @@ def leaderboard(request: HttpRequest, kind: str) -> HttpResponse:
     if order not in credit_selectors.LEADERBOARD_ORDERS:
         order = "total"
     rows = board(order=order, now=timezone.now())
-    page = _page(request, rows)
+    page = page_of(request, rows, per_page=PER_PAGE)
     volunteer = account_selectors.volunteer_for_user(request.user)
     my_pk = _viewer_row_pk(rows, kind=kind, volunteer=volunteer)
     my_page_url = None
@@ -409,7 +399,7 @@ def download(request: HttpRequest) -> HttpResponse:
     wheel_url = (request.build_absolute_uri(reverse("download_wheel", args=[wheel.filename]))
                  if wheel else None)
     return render(request, "web/community/download.html",
-                  {"wheel": wheel, "wheel_url": wheel_url, "server_url": _server_url(request)})
+                  {"wheel": wheel, "wheel_url": wheel_url, "server_url": server_url(request)})
 
 
 @require_safe

@@ -10,7 +10,6 @@ import json
 import logging
 from datetime import timedelta
 
-from django.core.paginator import Page, Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
@@ -23,6 +22,7 @@ from worker_client.engine.ga import GASettings
 from worker_client.engine.space import SearchSpace
 
 from . import charts
+from .paging import page_of, server_url
 from .selectors_research import campaign_top_volunteers
 
 CAMPAIGNS_PER_PAGE = 20
@@ -31,11 +31,6 @@ TRADES_PER_PAGE = 50
 ACTIVE_HOST_WINDOW = timedelta(hours=1)
 
 logger = logging.getLogger(__name__)
-
-
-def _page(request: HttpRequest, items, per_page: int, param: str = "page") -> Page:
-    # get_page() turns a bad or too-large page number into the nearest page: links stay valid.
-    return Paginator(items, per_page).get_page(request.GET.get(param))
 
 
 def _campaign_or_404(pk: int) -> Campaign:
@@ -54,7 +49,7 @@ def _strategy_or_404(pk: int) -> Strategy:
 
 @require_safe
 def campaign_list(request: HttpRequest) -> HttpResponse:
-    page = _page(request, selectors.campaign_list(), CAMPAIGNS_PER_PAGE)
+    page = page_of(request, selectors.campaign_list(), per_page=CAMPAIGNS_PER_PAGE)
     return render(request, "web/research/campaign_list.html", {"page": page})
 
 
@@ -107,7 +102,7 @@ def campaign_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _strategy_table(request: HttpRequest, campaign: Campaign | None) -> HttpResponse:
-    page = _page(request, selectors.strategy_ranked(campaign), STRATEGIES_PER_PAGE)
+    page = page_of(request, selectors.strategy_ranked(campaign), per_page=STRATEGIES_PER_PAGE)
     rows = selectors.strategy_with_statistics(page.object_list)
     return render(request, "web/research/strategy_list.html",
                   {"page": page, "rows": rows, "campaign": campaign})
@@ -133,8 +128,9 @@ def strategy_detail(request: HttpRequest, pk: int) -> HttpResponse:
     except (OSError, ValueError):  # the data set's file is missing or damaged on this server
         logger.exception("strategy %s: cannot backtest it for its charts", strategy.pk)
         curves = None
-    trades = _page(request, curves["trades"] if curves else [], TRADES_PER_PAGE, param="trades")
-    base_url = request.build_absolute_uri("/").rstrip("/")
+    trades = page_of(request, curves["trades"] if curves else [], per_page=TRADES_PER_PAGE,
+                     param="trades")
+    base_url = server_url(request)
     spec = selectors.strategy_replay_spec(strategy)
     context = {
         "strategy": strategy,

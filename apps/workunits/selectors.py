@@ -259,14 +259,12 @@ def strategy_statistics(strategy: Strategy, trials: TrialsStatistics) -> Strateg
 
     Computed on per-bar returns, T = the in-sample bars: the only returns the hall of fame
     keeps moments of. V is the recorded trials' Sharpe variance, never below the variance
-    chance alone gives a Sharpe estimate over T bars (``sharpe.trials_sharpe_variance``).
+    chance alone gives a Sharpe estimate over T bars (``sharpe.floored_sharpe_variance``).
     """
     sr, n, skew, kurt = _moments(strategy.in_sample or {})
     dsr = psr = variance = luck = None
     if sr is not None and n >= 2:
-        variance = sharpe.null_sharpe_variance(n)
-        if trials.sharpe_variance is not None and math.isfinite(trials.sharpe_variance):
-            variance = max(variance, trials.sharpe_variance)
+        variance = sharpe.floored_sharpe_variance(trials.sharpe_variance, n_observations=n)
         dsr = sharpe.deflated_sharpe_ratio(sharpe=sr, n_observations=n, n_trials=trials.n_trials,
                                            trials_variance=variance, skewness=skew,
                                            kurtosis=kurt)

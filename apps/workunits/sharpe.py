@@ -115,11 +115,19 @@ def trials_sharpe_variance(sharpes: Iterable[float], *, n_observations: int) -> 
     narrower set than all trials; the floor keeps that from understating the luck of N trials.
     """
     finite = [s for s in sharpes if math.isfinite(s)]
-    floor = null_sharpe_variance(n_observations)
     if len(finite) < 2:
-        return floor
+        return floored_sharpe_variance(None, n_observations=n_observations)
     mean = math.fsum(finite) / len(finite)
     variance = math.fsum((s - mean) ** 2 for s in finite) / (len(finite) - 1)
+    return floored_sharpe_variance(variance, n_observations=n_observations)
+
+
+def floored_sharpe_variance(variance: float | None, *, n_observations: int) -> float:
+    """A measured variance of trials' Sharpe ratios (None or not finite: unknown), never below
+    what chance alone gives over ``n_observations``."""
+    floor = null_sharpe_variance(n_observations)
+    if variance is None or not math.isfinite(variance):
+        return floor
     return max(variance, floor)
 
 
