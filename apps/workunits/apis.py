@@ -50,7 +50,9 @@ from .serializers import (
     scheduler_request_fast,
 )
 
-_USER_AGENT_VERSION = re.compile(rf"^{re.escape(protocol.CLIENT_NAME)}/([0-9][^\s()]{{0,29}})")
+# A PEP 440 version's characters only, ending at a space or the end: nothing else is stored.
+_USER_AGENT_VERSION = re.compile(
+    rf"^{re.escape(protocol.CLIENT_NAME)}/([0-9][0-9A-Za-z.+!_-]{{0,29}})(?:[ \t]|$)")
 
 
 # --- shared machinery --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.core.validators import RegexValidator
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -92,6 +93,7 @@ class BoundedJSONObjectField(serializers.Field):
         "too_deep": f"Nested deeper than {MAX_OUTPUT_DEPTH} levels.",
         "not_finite": "Numbers must be finite (no NaN or Infinity).",
         "null_character": "Strings may not contain NUL characters.",
+        "lone_surrogate": "Strings may not contain half of a UTF-16 surrogate pair.",
         "too_large": f"Larger than {MAX_OUTPUT_BYTES:,} bytes as JSON.",
     }
 
@@ -115,7 +117,11 @@ class BoundedJSONObjectField(serializers.Field):
                 self.fail("not_finite")
             elif isinstance(value, str) and "\x00" in value:
                 self.fail("null_character")  # PostgreSQL's jsonb cannot store one
-        if len(json.dumps(data, separators=(",", ":"))) > MAX_OUTPUT_BYTES:
+        try:
+            encoded = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a lone surrogate, in a key or a value: jsonb refuses it
+            self.fail("lone_surrogate")
+        if len(encoded) > MAX_OUTPUT_BYTES:
             self.fail("too_large")
         return data
 
@@ -133,6 +139,19 @@ class StrictSerializer(serializers.Serializer):
                 raise serializers.ValidationError(
                     {key: ["Unknown field."] for key in unknown[:10]})
         return super().to_internal_value(data)
+
+
+class StrictSerializerSchema(OpenApiSerializerExtension):
+    """The schema says what ``StrictSerializer`` does: a request's unknown fields are refused."""
+
+    target_class = StrictSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: Any, direction: str) -> dict[str, Any]:
+        schema: dict[str, Any] = auto_schema._map_basic_serializer(self.target, direction)
+        if direction == "request":
+            schema["additionalProperties"] = False
+        return schema
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -345,7 +364,8 @@ def _plain_output(output: Any) -> bool:
         text = json.dumps(output, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         return False
-    return len(text) <= MAX_OUTPUT_BYTES and "\\u0000" not in text
+    # Non-ASCII is escaped, so any surrogate shows as "\\udXXX": a doubt, the field decides.
+    return len(text) <= MAX_OUTPUT_BYTES and "\\u0000" not in text and "\\ud" not in text
 
 
 # --- outputs -----------------------------------------------------------------------------------

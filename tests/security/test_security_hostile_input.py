@@ -243,9 +243,6 @@ def test_lone_surrogates_are_refused_not_echoed_into_a_500(ada, url, raw):
     json.dumps(error, ensure_ascii=False).encode("utf-8")  # encodable: no lone surrogate left
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "handed over (apps/workunits/serializers.py, BoundedJSONObjectField): a lone surrogate in "
-    "an output is stored on SQLite and fails with a 500 on PostgreSQL, whose jsonb refuses it"))
 @pytest.mark.parametrize("text", ["\\ud800", "a\\udfffb", "\\ud83d"])
 @pytest.mark.parametrize("where", ["value", "key"])
 def test_lone_surrogates_inside_an_output_are_refused(ada, replica, text, where):
@@ -355,10 +352,6 @@ def test_paths_the_api_does_not_have_are_404_in_the_error_shape(ada, path):
         assert "final slash" in error["message"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "handed over (apps/workunits/apis.py, _USER_AGENT_VERSION): the version read from the "
-    "User-Agent may hold control characters; a NUL is a 500 on PostgreSQL (gunicorn refuses "
-    "such headers, other servers may not)"))
 @pytest.mark.parametrize("version", ["1.0\x00x", "1.0\x1b[31m", "1.0\x7f"])
 def test_a_user_agent_version_with_control_characters_is_not_stored(ada, version):
     from rest_framework.test import APIClient
