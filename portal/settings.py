@@ -222,6 +222,12 @@ STATICFILES_FINDERS = [
 # Failed logins are counted and limited, on the site's login and on the admin's.
 AUTHENTICATION_BACKENDS = ["apps.web.login_limit.LoginLimitBackend",
                            "django.contrib.auth.backends.ModelBackend"]
+# apps/web/login_limit.py: failed logins (and wrong old passwords) per window, sign-ups per
+# address per window.
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", default=5, minimum=1)
+LOGIN_FAILURE_WINDOW = env_int("LOGIN_FAILURE_WINDOW", default=15 * 60, minimum=1)
+JOIN_LIMIT = env_int("JOIN_LIMIT", default=10, minimum=1)
+JOIN_WINDOW = env_int("JOIN_WINDOW", default=60 * 60, minimum=1)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "account"
 LOGOUT_REDIRECT_URL = "home"

@@ -1,4 +1,4 @@
-"""Failed logins, counted per client address and user name in Django's cache.
+"""Failed logins, sign-ups and wrong old passwords, counted in Django's cache.
 
 After ``LOGIN_FAILURE_LIMIT`` failures (default 5) for one user name from one address, further
 attempts for that pair are refused without checking the password until
@@ -10,6 +10,11 @@ Failures are counted from Django's ``user_login_failed`` signal, so every login 
 (the site's and the admin's). The site's login view refuses a blocked pair itself (429);
 ``LoginLimitBackend``, listed first in ``AUTHENTICATION_BACKENDS``, refuses it for any other
 form, the admin's included.
+
+Two more counters use the same cache: sign-ups per client address (``JOIN_LIMIT`` attempts,
+default 10, per ``JOIN_WINDOW`` seconds, default 3600: account creation by script is slow) and
+wrong old passwords on the password-change form per user (the login limits: a stolen session
+cannot guess its way to the password).
 
 Counting is read-then-write: two failures at the same instant may count as one, which lets an
 attacker a few extra guesses at most. The limiter makes guessing slow, not impossible.
@@ -29,16 +34,13 @@ from django.dispatch import receiver
 from django.http import HttpRequest
 from rest_framework.settings import api_settings
 
-DEFAULT_LIMIT = 5
-DEFAULT_WINDOW_SECONDS = 15 * 60
-
 
 def failure_limit() -> int:
-    return getattr(settings, "LOGIN_FAILURE_LIMIT", DEFAULT_LIMIT)
+    return settings.LOGIN_FAILURE_LIMIT
 
 
 def failure_window() -> int:
-    return getattr(settings, "LOGIN_FAILURE_WINDOW", DEFAULT_WINDOW_SECONDS)
+    return settings.LOGIN_FAILURE_WINDOW
 
 
 def client_address(request: HttpRequest) -> str:
@@ -54,9 +56,25 @@ def client_address(request: HttpRequest) -> str:
     return remote
 
 
+def join_limit() -> int:
+    return settings.JOIN_LIMIT
+
+
+def join_window() -> int:
+    return settings.JOIN_WINDOW
+
+
+def _counter_key(kind: str, *parts: str) -> str:
+    who = "\0".join(parts)
+    return f"{kind}:" + hashlib.sha256(who.encode("utf-8", "replace")).hexdigest()
+
+
+def _count(key: str, window: int) -> None:
+    cache.set(key, cache.get(key, 0) + 1, window)
+
+
 def _key(request: HttpRequest, username: str) -> str:
-    who = f"{client_address(request)}\0{username.strip().lower()}"
-    return "login-failures:" + hashlib.sha256(who.encode("utf-8", "replace")).hexdigest()
+    return _counter_key("login-failures", client_address(request), username.strip().lower())
 
 
 def login_blocked(request: HttpRequest, username: str) -> bool:
@@ -64,12 +82,35 @@ def login_blocked(request: HttpRequest, username: str) -> bool:
 
 
 def login_failed(request: HttpRequest, username: str) -> None:
-    key = _key(request, username)
-    cache.set(key, cache.get(key, 0) + 1, failure_window())
+    _count(_key(request, username), failure_window())
 
 
 def login_succeeded(request: HttpRequest, username: str) -> None:
     cache.delete(_key(request, username))
+
+
+def _join_key(request: HttpRequest) -> str:
+    return _counter_key("join-attempts", client_address(request))
+
+
+def join_blocked(request: HttpRequest) -> bool:
+    return cache.get(_join_key(request), 0) >= join_limit()
+
+
+def join_attempted(request: HttpRequest) -> None:
+    _count(_join_key(request), join_window())
+
+
+def _password_key(user_id: int) -> str:
+    return _counter_key("password-failures", str(user_id))
+
+
+def password_change_blocked(user_id: int) -> bool:
+    return cache.get(_password_key(user_id), 0) >= failure_limit()
+
+
+def password_change_failed(user_id: int) -> None:
+    _count(_password_key(user_id), failure_window())
 
 
 @receiver(user_login_failed, dispatch_uid="login_limit.count_failure")

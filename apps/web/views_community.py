@@ -95,7 +95,14 @@ def home(request: HttpRequest) -> HttpResponse:
 def join(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("account")
+    if request.method == "POST" and login_limit.join_blocked(request):
+        form = _refused(JoinForm(request.POST), "Too many sign-ups from your address. Try "
+                        f"again in {math.ceil(login_limit.join_window() / 60)} minutes.")
+        return _too_many(request, "registration/join.html", {"form": form},
+                         retry_after=login_limit.join_window())
     form = JoinForm(request.POST or None)
+    if request.method == "POST":
+        login_limit.join_attempted(request)  # every attempt: a taken name also tells something
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -124,14 +131,10 @@ class PortalLoginView(LoginView):
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         username = str(request.POST.get("username", ""))[:150]
         if login_limit.login_blocked(request, username):
-            form = self.get_form()
-            form.errors.clear()  # nothing was checked: only the refusal is shown
-            minutes = math.ceil(login_limit.failure_window() / 60)
-            form.add_error(None, f"Too many failed logins for this user name from your "
-                                 f"address. Try again in {minutes} minutes.")
-            response = self.render_to_response(self.get_context_data(form=form), status=429)
-            response["Retry-After"] = str(login_limit.failure_window())
-            return response
+            form = _refused(self.get_form(), "Too many failed logins for this user name from "
+                            f"your address. Try again in {_window_minutes()} minutes.")
+            return _too_many(request, self.template_name, self.get_context_data(form=form),
+                             retry_after=login_limit.failure_window())
         return super().post(request, *args, **kwargs)  # failures count by signal
 
 
@@ -145,9 +148,41 @@ class PortalPasswordChangeView(PasswordChangeView):
     template_name = "registration/password_change_form.html"
     success_url = reverse_lazy("account")
 
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if login_limit.password_change_blocked(request.user.pk):
+            # Bound to nothing: the empty old password fails "required", so no hash is checked.
+            form = _refused(self.get_form_class()(request.user, data={}),
+                            f"Too many wrong passwords. Try again in {_window_minutes()} minutes.")
+            return _too_many(request, self.template_name, self.get_context_data(form=form),
+                             retry_after=login_limit.failure_window())
+        return super().post(request, *args, **kwargs)
+
+    def form_invalid(self, form: Any) -> HttpResponse:
+        if "old_password" in form.errors:
+            login_limit.password_change_failed(self.request.user.pk)
+        return super().form_invalid(form)
+
     def form_valid(self, form: Any) -> HttpResponse:
         messages.success(self.request, "Your password was changed.")
         return super().form_valid(form)
+
+
+def _window_minutes() -> int:
+    return math.ceil(login_limit.failure_window() / 60)
+
+
+def _refused(form: Any, message: str) -> Any:
+    """``form`` showing only ``message``: nothing the visitor sent was checked."""
+    form.errors.clear()
+    form.add_error(None, message)
+    return form
+
+
+def _too_many(request: HttpRequest, template: str, context: dict[str, Any], *,
+              retry_after: int) -> HttpResponse:
+    response = render(request, template, context, status=429)
+    response["Retry-After"] = str(retry_after)
+    return response
 
 
 @never_cache  # the page may carry the account key: no browser or proxy may keep it

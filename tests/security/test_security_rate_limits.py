@@ -203,3 +203,65 @@ def test_the_admin_login_is_limited_as_configured(real_cache, client, staff, set
         _staff_login(client, "guess")
     _staff_login(client, PASSWORD)
     assert not _logged_in(client)
+
+
+# --- sign-ups and password changes -------------------------------------------------------------
+
+
+def _join(client, n: int, **extra: str):
+    return client.post("/join/", {
+        "username": f"bot{n}", "email": f"bot{n}@example.org", "display_name": f"Bot {n}",
+        "country": "", "password1": PASSWORD, "password2": PASSWORD}, **extra)
+
+
+def test_sign_ups_are_limited_per_address(real_cache, settings):
+    settings.JOIN_LIMIT = 3
+    from apps.accounts.models import Volunteer
+
+    codes = [_join(Client(), n).status_code for n in range(3)]
+    blocked = _join(Client(), 3)
+
+    assert codes == [302, 302, 302]
+    assert blocked.status_code == 429
+    assert int(blocked["Retry-After"]) == 3600
+    assert "Too many sign-ups from your address" in blocked.content.decode()
+    assert not Volunteer.objects.filter(user__username="bot3").exists()  # nothing created
+    assert _join(Client(REMOTE_ADDR="192.0.2.9"), 4).status_code == 302  # counted per address
+
+
+def test_refused_sign_ups_count_too(real_cache, client, ada, settings):
+    """Trying taken names tells which exist: every attempt counts, not only the ones that work."""
+    settings.JOIN_LIMIT = 2
+    taken = {"username": "ada", "email": "x@example.org", "display_name": "X", "country": "",
+             "password1": PASSWORD, "password2": PASSWORD}
+
+    codes = [client.post("/join/", taken).status_code for _ in range(3)]
+
+    assert codes == [200, 200, 429]
+
+
+def _change_password(client, old: str):
+    return client.post("/account/password/", {
+        "old_password": old, "new_password1": "a new and long passphrase",
+        "new_password2": "a new and long passphrase"})
+
+
+def test_wrong_old_passwords_are_limited_per_user(real_cache, client, ada, settings):
+    settings.LOGIN_FAILURE_LIMIT = 3
+    client.force_login(ada.user)
+
+    wrong = [_change_password(client, "guess").status_code for _ in range(3)]
+    blocked = _change_password(client, PASSWORD)  # even the right one: not checked
+
+    assert wrong == [200, 200, 200]
+    assert blocked.status_code == 429
+    assert "Too many wrong passwords" in blocked.content.decode()
+    ada.user.refresh_from_db()
+    assert ada.user.check_password(PASSWORD)  # unchanged
+    # A mistyped new password (its two copies differ) is not a guess of the old one.
+    settings.LOGIN_FAILURE_LIMIT = 4
+    typo = client.post("/account/password/", {"old_password": PASSWORD,
+                                               "new_password1": "one long passphrase",
+                                               "new_password2": "another long passphrase"})
+    assert typo.status_code == 200
+    assert _change_password(client, PASSWORD).status_code == 302
