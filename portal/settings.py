@@ -226,8 +226,24 @@ AUTHENTICATION_BACKENDS = ["apps.web.login_limit.LoginLimitBackend",
 # address per window.
 LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", default=5, minimum=1)
 LOGIN_FAILURE_WINDOW = env_int("LOGIN_FAILURE_WINDOW", default=15 * 60, minimum=1)
-JOIN_LIMIT = env_int("JOIN_LIMIT", default=10, minimum=1)
+JOIN_LIMIT = env_int("JOIN_LIMIT", default=10, minimum=1)  # also password-reset requests
 JOIN_WINDOW = env_int("JOIN_WINDOW", default=60 * 60, minimum=1)
+
+# Mail, for password resets only. Without EMAIL_HOST the reset page says it is not set up,
+# except with DEBUG, where the message (and its link) is printed to the console.
+EMAIL_HOST = _env("EMAIL_HOST") or ""
+if EMAIL_HOST:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_PORT = env_int("EMAIL_PORT", default=587, minimum=1)
+    EMAIL_HOST_USER = _env("EMAIL_HOST_USER") or ""
+    EMAIL_HOST_PASSWORD = _env("EMAIL_HOST_PASSWORD") or ""
+    EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=True)
+    EMAIL_TIMEOUT = 10
+elif DEBUG:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = _env("DEFAULT_FROM_EMAIL") or "Strategy@Home <noreply@localhost>"
+PASSWORD_RESET_ENABLED = bool(EMAIL_HOST) or DEBUG
+PASSWORD_RESET_TIMEOUT = 24 * 60 * 60  # a reset link works for a day, once
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "account"
 LOGOUT_REDIRECT_URL = "home"

@@ -11,8 +11,9 @@ Failures are counted from Django's ``user_login_failed`` signal, so every login 
 ``LoginLimitBackend``, listed first in ``AUTHENTICATION_BACKENDS``, refuses it for any other
 form, the admin's included.
 
-Two more counters use the same cache: sign-ups per client address (``JOIN_LIMIT`` attempts,
-default 10, per ``JOIN_WINDOW`` seconds, default 3600: account creation by script is slow) and
+More counters use the same cache: sign-ups and password-reset requests per client address
+(``JOIN_LIMIT`` attempts each, default 10, per ``JOIN_WINDOW`` seconds, default 3600: creating
+accounts or mailing strangers by script is slow) and
 wrong old passwords on the password-change form per user (the login limits: a stolen session
 cannot guess its way to the password).
 
@@ -89,16 +90,13 @@ def login_succeeded(request: HttpRequest, username: str) -> None:
     cache.delete(_key(request, username))
 
 
-def _join_key(request: HttpRequest) -> str:
-    return _counter_key("join-attempts", client_address(request))
+def address_blocked(request: HttpRequest, form: str) -> bool:
+    """Has the caller's address used up its attempts at ``form`` ("join", "password-reset")?"""
+    return cache.get(_counter_key(form, client_address(request)), 0) >= join_limit()
 
 
-def join_blocked(request: HttpRequest) -> bool:
-    return cache.get(_join_key(request), 0) >= join_limit()
-
-
-def join_attempted(request: HttpRequest) -> None:
-    _count(_join_key(request), join_window())
+def address_attempted(request: HttpRequest, form: str) -> None:
+    _count(_counter_key(form, client_address(request)), join_window())
 
 
 def _password_key(user_id: int) -> str:

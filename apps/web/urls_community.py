@@ -1,6 +1,7 @@
 """Home, joining and the account page, teams, leaderboards, the stats export, the download."""
 
 from django.urls import path
+from django.views.generic import TemplateView
 
 from . import views_community as views
 
@@ -12,6 +13,14 @@ urlpatterns = [
     path("logout/", views.PortalLogoutView.as_view(), name="logout"),
     path("account/", views.account, name="account"),
     path("account/password/", views.PortalPasswordChangeView.as_view(), name="password_change"),
+    path("password-reset/", views.PortalPasswordResetView.as_view(), name="password_reset"),
+    path("password-reset/sent/", TemplateView.as_view(
+        template_name="registration/password_reset_done.html"), name="password_reset_done"),
+    path("password-reset/<uidb64>/<token>/", views.PortalPasswordResetConfirmView.as_view(),
+         name="password_reset_confirm"),
+    path("password-reset/done/", TemplateView.as_view(
+        template_name="registration/password_reset_complete.html"),
+         name="password_reset_complete"),
     path("account/key/rotate/", views.account_key_rotate, name="account_key_rotate"),
     path("account/hosts/<int:host_id>/retire/", views.host_retire, name="host_retire"),
     # Teams

@@ -12,7 +12,13 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.views import LoginView, LogoutView, PasswordChangeView
+from django.contrib.auth.views import (
+    LoginView,
+    LogoutView,
+    PasswordChangeView,
+    PasswordResetConfirmView,
+    PasswordResetView,
+)
 from django.core.paginator import EmptyPage, PageNotAnInteger, Paginator
 from django.db.models import QuerySet
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
@@ -95,14 +101,15 @@ def home(request: HttpRequest) -> HttpResponse:
 def join(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("account")
-    if request.method == "POST" and login_limit.join_blocked(request):
+    if request.method == "POST" and login_limit.address_blocked(request, "join"):
         form = _refused(JoinForm(request.POST), "Too many sign-ups from your address. Try "
-                        f"again in {math.ceil(login_limit.join_window() / 60)} minutes.")
+                        f"again in {_join_window_minutes()} minutes.")
         return _too_many(request, "registration/join.html", {"form": form},
                          retry_after=login_limit.join_window())
     form = JoinForm(request.POST or None)
     if request.method == "POST":
-        login_limit.join_attempted(request)  # every attempt: a taken name also tells something
+        # Every attempt counts: a refused taken name also tells something.
+        login_limit.address_attempted(request, "join")
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -167,8 +174,42 @@ class PortalPasswordChangeView(PasswordChangeView):
         return super().form_valid(form)
 
 
+class PortalPasswordResetView(PasswordResetView):
+    """Django's reset by e-mail (no answer tells whether the address has an account), limited
+    per address like sign-ups, and off where no mail server is set up."""
+
+    template_name = "registration/password_reset_form.html"
+    email_template_name = "registration/password_reset_email.txt"
+    subject_template_name = "registration/password_reset_subject.txt"
+    success_url = reverse_lazy("password_reset_done")
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        return {**super().get_context_data(**kwargs),
+                "enabled": settings.PASSWORD_RESET_ENABLED}
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not settings.PASSWORD_RESET_ENABLED:
+            return self.get(request, *args, **kwargs)
+        if login_limit.address_blocked(request, "password-reset"):
+            form = _refused(self.get_form(), "Too many reset requests from your address. Try "
+                                             f"again in {_join_window_minutes()} minutes.")
+            return _too_many(request, self.template_name, self.get_context_data(form=form),
+                             retry_after=login_limit.join_window())
+        login_limit.address_attempted(request, "password-reset")
+        return super().post(request, *args, **kwargs)
+
+
+class PortalPasswordResetConfirmView(PasswordResetConfirmView):
+    template_name = "registration/password_reset_confirm.html"
+    success_url = reverse_lazy("password_reset_complete")
+
+
 def _window_minutes() -> int:
     return math.ceil(login_limit.failure_window() / 60)
+
+
+def _join_window_minutes() -> int:
+    return math.ceil(login_limit.join_window() / 60)
 
 
 def _refused(form: Any, message: str) -> Any:

@@ -56,6 +56,8 @@ RULES = {
     "api:dataset": HOST_TOKEN, "api:not_found": API_NOT_FOUND,
     "home": PUBLIC, "join": PUBLIC, "login": PUBLIC, "logout": LOGOUT,
     "account": LOGIN, "password_change": LOGIN, "account_key_rotate": LOGIN_POST,
+    "password_reset": PUBLIC, "password_reset_done": PUBLIC, "password_reset_confirm": PUBLIC,
+    "password_reset_complete": PUBLIC,
     "host_retire": LOGIN_POST,
     "team_list": PUBLIC, "team_create": LOGIN, "team_leave": LOGIN_POST, "team_detail": PUBLIC,
     "team_join": LOGIN_POST,
@@ -116,7 +118,7 @@ def world(ada, bob, settings, tmp_path):
     replica.refresh_from_db()
     return {"team_id": team.pk, "host_id": ada.host.pk, "pk": campaign.pk,
             "sha256": campaign.dataset.sha256, "filename": wheel, "strategy": strategy.pk,
-            "replica": replica, "campaign": campaign}
+            "replica": replica, "campaign": campaign, "uidb64": "MQ", "token": "no-such-token"}
 
 
 def _url(name: str, pattern: Any, world: dict[str, Any]) -> str:
@@ -380,15 +382,17 @@ def _pages(world: dict[str, Any]) -> list[str]:
             f"/campaigns/{world['pk']}/", "/download/", "/status/"]
 
 
-def test_every_form_refuses_a_post_without_its_csrf_token(world, ada, bob):
+def test_every_form_refuses_a_post_without_its_csrf_token(world, ada, bob, settings):
+    settings.PASSWORD_RESET_ENABLED = True
     walruses = Team.objects.create(name="Walruses")  # bob's: a leave form is shown
     Volunteer.objects.filter(pk=bob.pk).update(team=walruses)  # and Penguins', a join form
     strict = Client(enforce_csrf_checks=True)
     strict.force_login(bob.user)
     forms = _post_forms(strict, _pages(world))
     anonymous = Client(enforce_csrf_checks=True)
-    forms.update(_post_forms(anonymous, ["/login/", "/join/"]))
+    forms.update(_post_forms(anonymous, ["/login/", "/join/", "/password-reset/"]))
     assert {"/account/key/rotate/", "/logout/", "/teams/leave/", "/login/", "/join/",
+            "/password-reset/",
             "/account/password/", "/teams/new/"} <= set(forms), sorted(forms)
     assert any(re.fullmatch(r"/teams/\d+/join/", url) for url in forms)
     assert any(re.fullmatch(r"/account/hosts/\d+/retire/", url) for url in forms)
@@ -396,7 +400,7 @@ def test_every_form_refuses_a_post_without_its_csrf_token(world, ada, bob):
 
     for action, fields in forms.items():
         assert "csrfmiddlewaretoken" in fields, f"the form posting to {action} has no token"
-        client = anonymous if action in ("/login/", "/join/") else strict
+        client = anonymous if action in ("/login/", "/join/", "/password-reset/") else strict
         data = {k: v for k, v in fields.items() if k != "csrfmiddlewaretoken"}
         assert client.post(action, data).status_code == 403, action
         assert client.post(action, {**data, "csrfmiddlewaretoken": "x" * 64}).status_code \
