@@ -213,6 +213,7 @@ def check_pages() -> str:
 
     import requests
 
+    from apps.accounts.models import Volunteer
     from apps.workunits.models import Campaign, Strategy
 
     campaign = Campaign.objects.get()
@@ -220,8 +221,9 @@ def check_pages() -> str:
     public = ["", "campaigns/", f"campaigns/{campaign.pk}/", f"campaigns/{campaign.pk}/strategies/",
               "strategies/", "leaderboards/users/", "leaderboards/teams/", "leaderboards/hosts/",
               "leaderboards/users/?order=rac", "teams/", "status/", "download/", "join/",
-              "login/", "stats/users.json", "stats/teams.json", "stats/hosts.json",
-              "api/v1/docs/"]
+              "login/", "password-reset/", "stats/users.json", "stats/teams.json",
+              "stats/hosts.json", "api/v1/docs/"]
+    public += [f"volunteers/{pk}/" for pk in Volunteer.objects.values_list("pk", flat=True)]
     if strategy is not None:
         public += [f"strategies/{strategy.pk}/", f"strategies/{strategy.pk}/genome.json"]
     failures = []

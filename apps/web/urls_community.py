@@ -23,6 +23,7 @@ urlpatterns = [
          name="password_reset_complete"),
     path("account/key/rotate/", views.account_key_rotate, name="account_key_rotate"),
     path("account/hosts/<int:host_id>/retire/", views.host_retire, name="host_retire"),
+    path("volunteers/<int:volunteer_id>/", views.volunteer_detail, name="volunteer_detail"),
     # Teams
     path("teams/", views.team_list, name="team_list"),
     path("teams/new/", views.team_create, name="team_create"),

@@ -38,6 +38,7 @@ from apps.credit.services import CREDIT_HALF_LIFE_SECONDS, SECONDS_PER_DAY
 from apps.workunits.scheduler import host_detach
 
 from . import downloads, login_limit
+from . import selectors_community as community_selectors
 from .forms import JoinForm, TeamCreateForm, TeamSearchForm
 from .paging import page_of, server_url
 from .svg_charts import line_chart
@@ -330,6 +331,31 @@ def team_detail(request: HttpRequest, team_id: int) -> HttpResponse:
         "team_rac_now": credit_selectors.rac_now(holder=team, now=now),
         "members": page_of(request, credit_selectors.team_members_ranked(team=team, now=now)),
         "volunteer": account_selectors.volunteer_for_user(request.user),
+    })
+
+
+@require_safe
+def volunteer_detail(request: HttpRequest, volunteer_id: int) -> HttpResponse:
+    """A volunteer's public page (BOINC's show_user): what the stats export tells, for people."""
+    now = timezone.now()
+    volunteer = community_selectors.volunteer_public(volunteer_id=volunteer_id, now=now)
+    if volunteer is None:
+        raise Http404("No such volunteer.")
+    history = credit_selectors.credit_history(volunteer=volunteer, now=now)
+    days = [point.day for point in history]
+    rank = credit_selectors.leaderboard_position(
+        credit_selectors.leaderboard_users(order="total", now=now), order="total",
+        pk=volunteer.pk) if volunteer.total_credit > 0 else None
+    viewer = account_selectors.volunteer_for_user(request.user)
+    return render(request, "web/community/volunteer_detail.html", {
+        "profile": volunteer,
+        "is_me": viewer is not None and viewer.pk == volunteer.pk,
+        "rank": rank,
+        "hosts": page_of(request, community_selectors.volunteer_public_hosts(
+            volunteer=volunteer, now=now)),
+        "strategies": community_selectors.volunteer_strategies_found(volunteer=volunteer),
+        "credit_chart": line_chart(days=days, values=[p.total_credit for p in history],
+                                   label="Total credit by day"),
     })
 
 

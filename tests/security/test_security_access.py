@@ -59,6 +59,7 @@ RULES = {
     "password_reset": PUBLIC, "password_reset_done": PUBLIC, "password_reset_confirm": PUBLIC,
     "password_reset_complete": PUBLIC,
     "host_retire": LOGIN_POST,
+    "volunteer_detail": PUBLIC,
     "team_list": PUBLIC, "team_create": LOGIN, "team_leave": LOGIN_POST, "team_detail": PUBLIC,
     "team_join": LOGIN_POST,
     "leaderboard_users": PUBLIC, "leaderboard_teams": PUBLIC, "leaderboard_hosts": PUBLIC,
@@ -118,7 +119,8 @@ def world(ada, bob, settings, tmp_path):
     replica.refresh_from_db()
     return {"team_id": team.pk, "host_id": ada.host.pk, "pk": campaign.pk,
             "sha256": campaign.dataset.sha256, "filename": wheel, "strategy": strategy.pk,
-            "replica": replica, "campaign": campaign, "uidb64": "MQ", "token": "no-such-token"}
+            "replica": replica, "campaign": campaign, "uidb64": "MQ", "token": "no-such-token",
+            "volunteer_id": ada.pk}
 
 
 def _url(name: str, pattern: Any, world: dict[str, Any]) -> str:
