@@ -8,7 +8,11 @@ client keeps it simpler:
 * it asks for ``slots × buffer`` seconds of work minus what it already holds, estimated from
   the host's measured speed (candle-evaluations per second and core) and each task's cost;
 * it runs tasks in the order they arrived, unless a simulation of that order on its slots says
-  a deadline would be missed: then every queued task runs earliest deadline first.
+  a deadline would be missed: then every queued task runs earliest deadline first;
+* it tells the portal how much work each slot has queued (the same simulation), so that the
+  portal sends only tasks that can still meet their deadline behind that queue (BOINC's
+  ``estimated_delay``): a buffer as long as the deadlines does not fill up with work that
+  would be late.
 """
 
 from __future__ import annotations
@@ -61,6 +65,20 @@ def work_request(*, slots: int, buffer_seconds: float, held: Sequence[PlannedTas
     want = min(want, MAX_WORK_SECONDS)
     # The count only caps the reply; the portal stops at ``want`` seconds for our speed.
     return min(room, slots, MAX_FREE_SLOTS), want
+
+
+def slot_queue(*, queued: Sequence[PlannedTask], running: Sequence[PlannedTask], slots: int,
+               speed: float) -> list[float]:
+    """Seconds of work queued on each slot, soonest free first: when each slot could start a
+    new task, if the running tasks keep their slots and the ``queued`` ones (in the order they
+    will start) each go on the slot free first. For ``SchedulerRequest.slot_queue_seconds``."""
+    slots = max(1, slots)
+    free_at = sorted(remaining_seconds(t, speed) for t in running)[:slots]
+    free_at += [0.0] * (slots - len(free_at))
+    heapq.heapify(free_at)
+    for task in queued:
+        heapq.heapreplace(free_at, free_at[0] + remaining_seconds(task, speed))
+    return sorted(min(seconds, MAX_WORK_SECONDS) for seconds in free_at)[:MAX_FREE_SLOTS]
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ PROTOCOL_VERSION = 1
 MAX_WORK_SECONDS = 28 * 86_400  # work asked for
 MAX_RESULTS_PER_REQUEST = 32  # results reported
 MAX_FREE_SLOTS = 256  # tasks asked for
+MAX_IDS_PER_LIST = 1000  # ids in ``acks`` and ``in_progress``
 CLIENT_NAME = "strategy-worker"
 TASK_KIND = "island_epoch"
 
@@ -78,14 +79,35 @@ class SchedulerRequest:
     protocol: int = PROTOCOL_VERSION
     results: list[ReportedResult] = field(default_factory=list)
     acks: list[int] = field(default_factory=list)  # task ids received since the last call
-    in_progress: list[int] = field(default_factory=list)  # task ids held here, not finished
+    # Task ids held here whose result the portal has not yet stored: running, queued, or
+    # finished with the result still waiting to be reported (a report in ``results`` counts
+    # as held too).
+    in_progress: list[int] = field(default_factory=list)
+    # True only when ``in_progress`` names every task this host holds: then the portal re-sends
+    # the tasks it sent here that the list lacks (a reply lost on the network, a worker killed
+    # before it saved them), or gives them up at once if their deadline cannot be met (BOINC's
+    # ``resend_lost_results``). Never set with a partial or truncated list.
+    in_progress_complete: bool = False
     progress: list[TaskProgress] = field(default_factory=list)  # of tasks that have started
     free_slots: int = 0
     work_seconds: float = 0.0  # how much work to send, for this host's measured speed
+    # For each slot (task process) of this host, the seconds of work it holds queued there,
+    # running tasks included: when that slot could start a new task, as the host plans to run
+    # its tasks (BOINC's ``estimated_delay``, per slot). The portal sends a task only if it
+    # finishes before its deadline on the slot free first, behind that queue. Empty: not
+    # said (the portal then checks each task's runtime alone). At most MAX_FREE_SLOTS values,
+    # each at most MAX_WORK_SECONDS.
+    slot_queue_seconds: list[float] = field(default_factory=list)
     datasets: list[str] = field(default_factory=list)  # sha256 of data sets held
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        raw = asdict(self)
+        # Left out at their defaults: what a portal from before these fields accepts.
+        if not self.in_progress_complete:
+            del raw["in_progress_complete"]
+        if not self.slot_queue_seconds:
+            del raw["slot_queue_seconds"]
+        return raw
 
 
 @dataclass

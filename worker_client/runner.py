@@ -61,8 +61,9 @@ from .exceptions import (
     WorkerError,
     storage_error,
 )
-from .planning import PlannedTask, eta_seconds, plan, work_request
+from .planning import PlannedTask, eta_seconds, plan, slot_queue, work_request
 from .protocol import (
+    MAX_IDS_PER_LIST,
     MAX_RESULTS_PER_REQUEST,
     REASON_CLIENT_TOO_OLD,
     REASON_HOST_RETIRED,
@@ -192,6 +193,9 @@ class Runner:
         self._next_contact = 0.0
         self._last_heartbeat = clock()
         self._failures = 0  # calls in a row that found the portal unreachable
+        # Until the portal has heard this run's complete list of tasks once, there is
+        # something to say: tasks a previous run lost come back (see ``_holding``).
+        self._synced = False
         self._download_after = 0.0  # no download before this clock time (backing off)
         self._last_work = clock()
         self._last_reason: tuple[str | None, str] | None = None
@@ -449,7 +453,7 @@ class Runner:
         return wait / 2 + self._rng.uniform(0, wait / 2)
 
     def _has_something_to_say(self) -> bool:
-        if self._results or self._session.acks:
+        if self._results or self._session.acks or not self._synced:
             return True
         if self._running and self._clock() - self._last_heartbeat >= HEARTBEAT_SECONDS:
             return True
@@ -467,16 +471,40 @@ class Runner:
                              - len(self._held))
         return max(0, free_slots), seconds
 
+    def _slot_queue(self) -> list[float]:
+        """Work queued per slot, the queued tasks in the order they will start."""
+        queued = [_planned(h) for rid, h in self._held.items() if rid not in self._running]
+        running = [_planned(r.held) for r in self._running.values()]
+        order = plan(queued=queued, running=running, slots=self.slots, speed=self.speed).order
+        by_id = {t.result_id: t for t in queued}
+        return [round(seconds, 1) for seconds in slot_queue(
+            queued=[by_id[rid] for rid in order], running=running, slots=self.slots,
+            speed=self.speed)]
+
+    def _holding(self, reported: set[int]) -> tuple[list[int], bool]:
+        """The ``in_progress`` list of a request that reports ``reported``, and whether it is
+        complete: every task this runner holds, queued, running, or finished with its result
+        not yet in the portal's hands (waiting beyond this request's reports). ``_held`` and
+        ``_results`` mirror the task and result files, so a task the portal sent that is in
+        neither was never saved here: the portal sends it again. A list cut to the protocol's
+        limit is sent as it is, never marked complete."""
+        ids = sorted(set(self._held) | (set(self._results) - reported))
+        return ids[:MAX_IDS_PER_LIST], len(ids) <= MAX_IDS_PER_LIST
+
     def _contact(self) -> None:
         free_slots, work_seconds = self._work_request()
+        results = list(self._results.values())[:MAX_RESULTS_PER_REQUEST]
+        in_progress, complete = self._holding({r.result_id for r in results})
         request = SchedulerRequest(
-            results=list(self._results.values())[:MAX_RESULTS_PER_REQUEST],
-            acks=list(self._session.acks),
-            in_progress=sorted(self._held),
+            results=results,
+            acks=list(self._session.acks)[:MAX_IDS_PER_LIST],
+            in_progress=in_progress,
+            in_progress_complete=complete,
             progress=[TaskProgress(rid, round(h.progress.fraction_done, 4))
                       for rid, h in sorted(self._held.items()) if h.progress is not None],
             free_slots=free_slots,
             work_seconds=work_seconds if free_slots else 0.0,
+            slot_queue_seconds=self._slot_queue() if free_slots else [],
             datasets=sorted(self.cache.held())[:100],
         )
         try:
@@ -492,6 +520,7 @@ class Runner:
             self._next_contact = self._clock() + wait
             return
         self._failures = 0
+        self._synced = True
         self._download_after = 0.0
         self._last_heartbeat = self._clock()
         sent_acks = set(request.acks)
@@ -536,7 +565,12 @@ class Runner:
                 self._forget(result_id)
         for task in reply.tasks:
             if task.result_id in self._held or task.result_id in self._results:
-                continue  # sent again (e.g. after a lost reply); we already have it
+                # Sent again although we hold it (a retried call whose first reply did reach
+                # us): keep what we have, and confirm it again, since a re-sent task counts as
+                # unconfirmed on the portal until acknowledged.
+                if task.result_id in self._held and task.result_id not in self._session.acks:
+                    self._session.acks.append(task.result_id)
+                continue
             received = time.time()
             self.store.save_task(task, received)
             self._held[task.result_id] = _Held(task, received, _deadline(task.deadline))

@@ -215,8 +215,10 @@ class SchedulerApi(WorkerApi):
         operation_id="scheduler", request=SchedulerRequestSerializer,
         summary="Report finished tasks and ask for work",
         description="One round trip: stores reported results (reporting one twice is harmless), "
-                    "records acknowledged tasks, lists tasks to abort, and sends new tasks. When "
-                    "it sends none, `reason` says why. The worker's version is read from its "
+                    "records acknowledged tasks, lists tasks to abort, re-sends the tasks a "
+                    "complete `in_progress` list lacks (lost replies), and sends new tasks that "
+                    "meet their deadline behind `slot_queue_seconds`. When it sends none, "
+                    "`reason` says why. The worker's version is read from its "
                     "User-Agent (`strategy-worker/<version> …`).",
         responses={200: SchedulerReplySerializer, **ERRORS})
     def post(self, request: Request) -> Response:

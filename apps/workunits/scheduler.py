@@ -1,5 +1,6 @@
 """The scheduler: one request from a host reports finished work, confirms received tasks, learns
-which of its tasks to abort, and asks for more (BOINC's ``process_request``, reference §4).
+which of its tasks to abort, gets back the tasks it lost when it lists all it holds (BOINC's
+``resend_lost_results``), and asks for more (BOINC's ``process_request``, reference §4).
 
 Everything happens in one transaction, and every state change is a conditional update whose row
 count is checked, so a retried or concurrent request never applies a change twice.
@@ -14,8 +15,9 @@ and for short row locks of the daemons that never wait for it in turn:
    volunteer row ``FOR KEY SHARE``, which the foreign key checks of sending a task take anyway:
    taken first, it orders this call before a validator that locks the volunteer, then its
    hosts. Foreign keys are checked as rows change, not at commit, for the same reason;
-2. the work units of reported results, ``FOR UPDATE SKIP LOCKED``: one a daemon holds right now
-   is not woken here (its replicas are still stored, by conditional updates); the transitioner
+2. the work units of reported results and of lost tasks, ``FOR UPDATE SKIP LOCKED``: one a
+   daemon holds right now is not woken here (its replicas are still stored, by conditional
+   updates; a lost task of it is re-sent by the next call); the transitioner
    pass this call queues looks at it after commit. Waiting would stall the call behind the
    daemons, and a busy server's daemons hold many;
 3. the claim: ``SELECT … FOR UPDATE OF result, workunit SKIP LOCKED`` over the partial index of
@@ -33,6 +35,7 @@ reports, aborts, refusals) use the ORM.
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import random
@@ -150,15 +153,24 @@ def scheduler_request(*, host: Host, request: dict[str, Any], client_version: st
         in_progress = set(request.get("in_progress", []))
         rows = _rows_of_host(host, set(reports) | in_progress)
         abort = sorted(pk for pk in in_progress if not _still_needed(rows.get(pk)))
+        # Read before anything is sent in this call: a task claimed below is never "lost".
+        lost = (_lost_rows(host, set(reports) | in_progress)
+                if request.get("in_progress_complete") else [])
         locked = _lock_workunits(
-            {rows[pk].workunit_id for pk in (set(reports) | set(abort)) if pk in rows},
-            wait=False)
+            {rows[pk].workunit_id for pk in (set(reports) | set(abort)) if pk in rows}
+            | {row.task.workunit_id for row in lost}, wait=False)
 
         accepted, rejected, touched = _record_reports(host, reports, rows, client_version, now)
         touched |= _release_aborted(host, abort, rows, now)
         # A result stored by this request is over: acking it too could change nothing.
         _record_acks_and_progress(host, set(request.get("acks", [])) - set(accepted),
                                   request.get("progress", []), now)
+        # A lost task whose work unit a daemon holds right now waits for the next call.
+        resent, given_up = _resend_lost(
+            host, [row for row in lost if row.task.workunit_id in locked],
+            can_send=not (client_is_too_old(client_version) or host.retired), now=now,
+            url_base=url_base)
+        touched |= given_up
         if touched:
             due = touched & locked
             if due:
@@ -166,9 +178,26 @@ def scheduler_request(*, host: Host, request: dict[str, Any], client_version: st
                          f"WHERE id{_in(due)}", [_db_time(now), _db_time(now), *_ids(due)])
             _wake_transitioner(sorted(touched))
 
+        if resent:
+            # The re-sent tasks fill the request first, and queue on the host's slots, as if
+            # the host had held them.
+            queue = sorted(request.get("slot_queue_seconds", []))
+            for task in resent if queue else ():
+                heapq.heapreplace(queue, queue[0] + _runtime(host, task["cost"]))
+            request = {**request, "slot_queue_seconds": queue,
+                       "free_slots": max(0, int(request.get("free_slots", 0)) - len(resent)),
+                       "work_seconds": max(0.0, float(request.get("work_seconds", 0.0)) - sum(
+                           _runtime(host, task["cost"]) for task in resent))}
         tasks, reason, message, delay = _send_work(
             host=host, request=request, client_version=client_version, now=now, rng=rng,
             url_base=url_base)
+        if resent:
+            plural = "s" if len(resent) != 1 else ""
+            said = f"Re-sent {len(resent)} lost task{plural}."
+            message = f"{said} {message}" if tasks else said
+            tasks = resent + tasks
+            reason = None
+            delay = min(delay, _delay_soon())
 
         host.datasets = list(request.get("datasets", host.datasets))
         if client_version:
@@ -572,6 +601,89 @@ def _record_acks_and_progress(host: Host, acks: Collection[int],
              prepare=not fractions)  # a heartbeat's CASE changes with their number
 
 
+@dataclass(slots=True)
+class _Lost:
+    """A replica in progress on this host that its complete list of tasks lacks."""
+
+    task: _Candidate
+    dataset: _TaskDataset
+    sent_time: datetime | None
+    report_deadline: datetime | None
+    decided: bool  # its work unit has a canonical result or an error: no answer is needed
+
+
+def _lost_rows(host: Host, held: set[int]) -> list[_Lost]:
+    """This host's replicas in progress that it does not hold (BOINC's ``resend_lost_work``),
+    the oldest first, at most what one reply carries: the rest are found by the next calls."""
+    sql = (f"SELECT r.id, r.workunit_id, w.campaign_id, w.island, w.epoch, w.payload, w.cost, "
+           f"w.credit, w.min_quorum, w.delay_bound, r.sent_time, r.report_deadline, "
+           f"w.canonical_result_id IS NOT NULL OR w.error_mask <> 0, "
+           f"COALESCE(s.sha256, d.sha256), COALESCE(s.size_bytes, d.size_bytes) "
+           f"FROM {_RESULT} r JOIN {_WORKUNIT} w ON w.id = r.workunit_id "
+           f"JOIN {_CAMPAIGN} c ON c.id = w.campaign_id JOIN {_DATASET} d ON d.id = c.dataset_id "
+           f"LEFT JOIN {_DATASET} s ON s.id = c.search_dataset_id "
+           # The index on (host, server_state): only this host's replicas in progress are read.
+           f"WHERE r.host_id = %s AND r.server_state = %s")
+    params: list[Any] = [host.pk, ServerState.IN_PROGRESS]
+    if held:
+        sql += f" AND NOT (r.id{_in(held)})"
+        params += _ids(held)
+    sql += " ORDER BY r.id LIMIT %s"
+    params.append(MAX_TASKS_PER_REQUEST)
+    return [_Lost(_Candidate(*row[:10]), _TaskDataset(row[13], row[14]), _aware(row[10]),
+                  _aware(row[11]), bool(row[12]))
+            for row in _query(sql, params)]
+
+
+def _runtime(host: Host, cost: float) -> float:
+    """Estimated seconds of one core for a task of ``cost`` on this host; 0 if unmeasured."""
+    return cost / host.speed if host.speed > 0 else 0.0
+
+
+def _resend_lost(host: Host, lost: list[_Lost], *, can_send: bool, now: datetime,
+                 url_base: str) -> tuple[list[dict[str, Any]], set[int]]:
+    """Send the lost tasks again, the same replicas (BOINC's ``resend_lost_results``, reference
+    §4.6); returns the tasks, and the work units whose replicas were given up or released.
+
+    A task keeps its deadline. BOINC moves it later (half the original window from now), but
+    from the replica's last send time, so a task lost again and again would have its deadline
+    pushed on for ever; our leases are short, and a task lost early still has most of its
+    window. A task the host cannot finish by its deadline at its measured speed (or a host that
+    may not get work) is given up instead: its report deadline is set in the past, so the
+    transitioner, woken at commit, times it out and sends a replacement at once rather than at
+    the deadline. A task whose work unit is decided is released as "didn't need", as an abort
+    is. Each move is a conditional update of a replica still in progress on this host, whose
+    work unit this call holds.
+    """
+    tasks: list[dict[str, Any]] = []
+    touched: set[int] = set()
+    grace = timedelta(seconds=settings.RESULT_GRACE_SECONDS)
+    urls: dict[str, str] = {}
+    for row in lost:
+        task = row.task
+        of_this_host = Result.objects.filter(pk=task.pk, host=host,
+                                             server_state=ServerState.IN_PROGRESS)
+        if row.decided:
+            if of_this_host.update(server_state=ServerState.OVER, outcome=Outcome.DIDNT_NEED,
+                                   updated_at=now) == 1:
+                touched.add(task.workunit_id)
+            continue
+        # The deadline the host was told: the report deadline without the grace period.
+        deadline = (row.report_deadline - grace if row.report_deadline is not None
+                    else now + timedelta(seconds=task.delay_bound))
+        window = (deadline - now).total_seconds()
+        if not can_send or window <= 0 or _runtime(host, task.cost) > window:
+            if of_this_host.update(report_deadline=now - timedelta(seconds=1),
+                                   updated_at=now) == 1:
+                touched.add(task.workunit_id)
+            continue
+        # A new send: a new sent time, and no ack until the host confirms it again, so that a
+        # reply lost once more leaves a ghost the transitioner recognises.
+        if of_this_host.update(sent_time=now, acked_time=None, updated_at=now) == 1:
+            tasks.append(_task(task, row.dataset, now, url_base, urls, deadline=deadline))
+    return tasks, touched
+
+
 def host_status(*, host: Host) -> dict[str, Any]:
     """The portal's figures for one host, for ``strategy-worker status``."""
     counts = Result.objects.filter(host=host).aggregate(
@@ -685,17 +797,23 @@ def _send_work(*, host: Host, request: dict[str, Any], client_version: str, now:
     if free_slots <= 0 or work_seconds <= 0:
         return _refusal(protocol.REASON_NOT_ASKED, "No work was asked for.", _delay_soon())
 
+    slot_queue = [float(seconds) for seconds in request.get("slot_queue_seconds", [])]
     campaigns = _active_campaigns()
     limit = min(free_slots, quota_left, MAX_TASKS_PER_REQUEST)
     claimed = _claim(host=host, campaigns=campaigns, limit=limit, work_seconds=work_seconds,
-                     datasets=set(request.get("datasets", [])), now=now) if campaigns else []
+                     slot_queue=slot_queue, datasets=set(request.get("datasets", [])),
+                     now=now) if campaigns else []
     if not claimed:
         if host.speed > 0 and campaigns and _candidates(
                 host, campaign_ids=list(campaigns), feasible_only=False).exists():
+            queued = min(slot_queue, default=0.0)
+            held = (f" after the {queued:,.0f} s of work it already holds" if queued > 0
+                    else "")
             return _refusal(
                 protocol.REASON_TOO_SLOW,
                 "There is work, but none this host could finish before its deadline at its "
-                f"measured speed ({host.speed:,.0f} candle-evaluations/s).", DELAY_INFEASIBLE)
+                f"measured speed ({host.speed:,.0f} candle-evaluations/s){held}.",
+                DELAY_INFEASIBLE)
         return _refusal(protocol.REASON_NO_WORK, "No work is available right now.",
                         _delay_no_work())
 
@@ -729,7 +847,7 @@ def _candidates(host: Host, *, campaign_ids: list[int], feasible_only: bool = Tr
 
 
 def _candidate_batch(host: Host, campaign_ids: list[int], seen: list[int],
-                     batch_size: int) -> list[_Candidate]:
+                     batch_size: int, queued: float = 0.0) -> list[_Candidate]:
     """The next unsent replicas this host may get, best first (priority, then age), locked for
     this transaction; rows another transaction holds are skipped, never waited for."""
     sql = [f"SELECT r.id, r.workunit_id, w.campaign_id, w.island, w.epoch, w.payload, w.cost, "
@@ -750,9 +868,10 @@ def _candidate_batch(host: Host, campaign_ids: list[int], seen: list[int],
     params: list[Any] = [ServerState.UNSENT, *_ids(campaign_ids), host.volunteer_id,
                          ServerState.UNSENT]
     if host.speed > 0:
-        # Estimated runtime cost / speed must fit in the deadline: cost <= delay_bound * speed.
-        sql.append("AND w.cost <= w.delay_bound * %s")
-        params.append(float(host.speed))
+        # The work queued on the host's slot free first, then this task's estimated runtime
+        # (cost / speed), must fit in the deadline: cost <= (delay_bound - queued) * speed.
+        sql.append("AND w.cost <= (w.delay_bound - %s) * %s")
+        params += [float(queued), float(host.speed)]
     if seen:
         sql.append(f"AND NOT (r.id{_in(seen)})")
         params += _ids(seen)
@@ -764,11 +883,33 @@ def _candidate_batch(host: Host, campaign_ids: list[int], seen: list[int],
 
 
 def _claim(*, host: Host, campaigns: dict[int, _TaskDataset], limit: int, work_seconds: float,
-           datasets: set[str], now: datetime) -> list[_Candidate]:
-    """Claim up to ``limit`` replicas, about ``work_seconds`` of work, held data sets first."""
+           datasets: set[str], now: datetime, slot_queue: Sequence[float] = ()
+           ) -> list[_Candidate]:
+    """Claim up to ``limit`` replicas, about ``work_seconds`` of work, held data sets first.
+
+    ``slot_queue`` holds, per slot of the host, the seconds of work queued there. On a measured
+    host each task goes, in thought, on the slot free first and must finish there before its
+    deadline; that slot is then busy for the task's runtime too (BOINC's deadline check with
+    the client's ``estimated_delay``, which it grows by each job it sends). Without a queue
+    (an older client) a task's runtime alone must fit.
+    """
     claimed: list[_Candidate] = []
     workunits: set[int] = set()
     estimated = 0.0
+    # When each slot is free; a pick that another request wins meanwhile (rare) still counts,
+    # which errs towards sending less.
+    free_at = sorted(slot_queue) if host.speed > 0 else []
+
+    def fits(row: _Candidate) -> bool:
+        if host.speed <= 0:
+            return True
+        runtime = row.cost / host.speed
+        if not free_at:
+            return runtime <= row.delay_bound
+        if free_at[0] + runtime > row.delay_bound:
+            return False
+        heapq.heapreplace(free_at, free_at[0] + runtime)
+        return True
 
     def covered() -> bool:
         # BOINC sends until the request is covered: the last task may overshoot it.
@@ -782,7 +923,8 @@ def _claim(*, host: Host, campaigns: dict[int, _TaskDataset], limit: int, work_s
     for campaign_ids in (ids for ids in (local, other) if ids):
         seen: list[int] = []
         for _ in range(8):  # bounded: a request never scans the whole table
-            batch = _candidate_batch(host, campaign_ids, seen, batch_size)
+            batch = _candidate_batch(host, campaign_ids, seen, batch_size,
+                                     free_at[0] if free_at else 0.0)
             remaining = batch
             while remaining:
                 # Pick, in order, what would cover the request; claim the picks in one go.
@@ -793,6 +935,8 @@ def _claim(*, host: Host, campaigns: dict[int, _TaskDataset], limit: int, work_s
                 for index, row in enumerate(remaining):
                     if row.workunit_id in workunits or row.workunit_id in picked_units:
                         continue  # a sibling is already in this reply
+                    if not fits(row):
+                        continue  # not in time behind the host's queue and this reply
                     picked.append(row)
                     picked_units.add(row.workunit_id)
                     if host.speed > 0:
@@ -911,12 +1055,12 @@ def _maybe_trust_alone(host: Host, claimed: list[_Candidate], now: datetime,
 
 
 def _task(row: _Candidate, dataset: _TaskDataset, now: datetime, url_base: str,
-          urls: dict[str, str]) -> dict[str, Any]:
+          urls: dict[str, str], *, deadline: datetime | None = None) -> dict[str, Any]:
     url = urls.get(dataset.sha256)
     if url is None:
         url = urls[dataset.sha256] = url_base + reverse(
             "api:dataset", kwargs={"sha256": dataset.sha256})
-    deadline = (now + timedelta(seconds=row.delay_bound)).astimezone(UTC)
+    deadline = (deadline or now + timedelta(seconds=row.delay_bound)).astimezone(UTC)
     return {
         "result_id": row.pk,
         "name": f"c{row.campaign_id}_i{row.island}_e{row.epoch}_{row.pk}",

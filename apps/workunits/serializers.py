@@ -23,7 +23,7 @@ from rest_framework import serializers
 from worker_client import protocol
 
 MAX_RESULTS_PER_REQUEST = 32
-MAX_IDS_PER_LIST = 1000
+MAX_IDS_PER_LIST = protocol.MAX_IDS_PER_LIST
 MAX_DATASETS = 100
 MAX_OUTPUT_BYTES = 1_000_000  # one result's output, as compact JSON
 MAX_OUTPUT_DEPTH = 32
@@ -65,6 +65,15 @@ class StrictIntegerField(serializers.IntegerField):
         if isinstance(data, bool) or not isinstance(data, int):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON ``true`` or ``false``: not ``1``, ``"true"`` or ``null``."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if type(data) is not bool:
+            self.fail("invalid", input=str(data)[:50])
+        return data
 
 
 class StrictFloatField(serializers.FloatField):
@@ -222,12 +231,21 @@ class SchedulerRequestSerializer(StrictSerializer):
                                  max_length=MAX_IDS_PER_LIST)
     in_progress = serializers.ListField(child=IdField(), required=False, default=list,
                                         max_length=MAX_IDS_PER_LIST)
+    in_progress_complete = StrictBooleanField(
+        required=False, default=False,
+        help_text="`in_progress` names every task the host holds: the portal re-sends those "
+                  "it lacks (lost replies) or gives them up when their deadline cannot be met")
     progress = TaskProgressSerializer(many=True, required=False, default=list,
                                       max_length=MAX_IDS_PER_LIST)
     free_slots = StrictIntegerField(min_value=0, max_value=MAX_FREE_SLOTS, required=False,
                                     default=0)
     work_seconds = StrictFloatField(min_value=0.0, max_value=MAX_WORK_SECONDS, required=False,
                                     default=0.0)
+    slot_queue_seconds = serializers.ListField(
+        child=StrictFloatField(min_value=0.0, max_value=MAX_WORK_SECONDS), required=False,
+        default=list, max_length=MAX_FREE_SLOTS,
+        help_text="per slot of the host, the seconds of work queued there: a task is sent "
+                  "only if it can finish before its deadline behind that queue")
     datasets = serializers.ListField(child=Sha256Field(), required=False, default=list,
                                      max_length=MAX_DATASETS)
 
@@ -267,13 +285,17 @@ def scheduler_request_fast(data: Any) -> dict[str, Any] | None:
     results = _plain_list(data.get("results", []), MAX_RESULTS_PER_REQUEST)
     acks = _id_list(data.get("acks", []))
     in_progress = _id_list(data.get("in_progress", []))
+    in_progress_complete = data.get("in_progress_complete", False)
     progress = _plain_list(data.get("progress", []), MAX_IDS_PER_LIST)
     datasets = _plain_list(data.get("datasets", []), MAX_DATASETS)
     free_slots = data.get("free_slots", 0)
     work_seconds = data.get("work_seconds", 0.0)
+    slot_queue = _plain_list(data.get("slot_queue_seconds", []), MAX_FREE_SLOTS)
     if (results is None or acks is None or in_progress is None or progress is None
+            or type(in_progress_complete) is not bool
             or datasets is None or not _is_int(free_slots, 0, MAX_FREE_SLOTS)
-            or not _is_number(work_seconds, 0.0, MAX_WORK_SECONDS)):
+            or not _is_number(work_seconds, 0.0, MAX_WORK_SECONDS) or slot_queue is None
+            or not all(_is_number(seconds, 0.0, MAX_WORK_SECONDS) for seconds in slot_queue)):
         return None
     reports = []
     for item in results:
@@ -293,7 +315,9 @@ def scheduler_request_fast(data: Any) -> dict[str, Any] | None:
         if type(sha) is not str or not SHA256_RE.fullmatch(sha):
             return None
     return {"protocol": version, "results": reports, "acks": acks, "in_progress": in_progress,
-            "progress": beats, "free_slots": free_slots, "work_seconds": float(work_seconds),
+            "in_progress_complete": in_progress_complete, "progress": beats,
+            "free_slots": free_slots, "work_seconds": float(work_seconds),
+            "slot_queue_seconds": [float(seconds) for seconds in slot_queue],
             "datasets": list(datasets)}
 
 

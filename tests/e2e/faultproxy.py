@@ -7,7 +7,11 @@ It forwards each request to the upstream portal and can, on demand:
   on the same port;
 * **corrupt** the next ``n`` data set downloads (one byte flipped: the length stays right, so
   only the sha256 check can catch it);
-* **drop** a share of requests (the connection is closed without an answer) or **delay** them.
+* **drop** a share of requests (the connection is closed without an answer) or **delay** them;
+* **lose** the next scheduler replies that carry tasks: the portal has handled the call, but
+  the connection breaks before its reply gets through (``drop_task_replies``), or the reply is
+  **held** until the test says so (``hold_task_replies``: kill the worker meanwhile, and it dies
+  without ever seeing the tasks it was sent).
 
 It records every exchange (method, path, status, and the result ids of scheduler reports that
 were answered) so tests can count what crossed the wire.
@@ -37,6 +41,8 @@ class Exchange:
     status: int  # 0: dropped
     reported: list[int] = field(default_factory=list)  # result ids a scheduler call reported
     accepted: list[int] = field(default_factory=list)  # ... and the portal acknowledged
+    tasks: list[int] = field(default_factory=list)  # result ids of the tasks a reply carried
+    lost: bool = False  # the reply never got through
 
 
 class FaultProxy:
@@ -50,6 +56,10 @@ class FaultProxy:
         self.drop_rate = 0.0
         self.delay = 0.0
         self.down_when_hosts_have_tasks = 0  # go down once this many hosts received a task
+        self.drop_task_replies = 0
+        self.hold_task_replies = 0
+        self.holding = threading.Event()  # set while a held reply waits for ``release``
+        self.release = threading.Event()
         self._hosts_with_tasks: set[str] = set()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -133,6 +143,29 @@ class FaultProxy:
         if trigger:  # not from this handler thread: shutdown() waits for serve_forever()
             threading.Thread(target=self.down, daemon=True).start()
 
+    def lost_tasks(self) -> list[int]:
+        """Result ids of the tasks in replies that never got through."""
+        with self._lock:
+            return [rid for e in self.exchanges if e.lost for rid in e.tasks]
+
+    def sent_tasks(self) -> list[int]:
+        """Result ids of the tasks in replies that got through."""
+        with self._lock:
+            return [rid for e in self.exchanges if not e.lost for rid in e.tasks]
+
+    def lose_reply(self) -> bool:
+        """Whether to lose this reply carrying tasks; a held one waits here for ``release``."""
+        with self._lock:
+            if self.drop_task_replies > 0:
+                self.drop_task_replies -= 1
+                return True
+            if self.hold_task_replies <= 0:
+                return False
+            self.hold_task_replies -= 1
+        self.holding.set()
+        self.release.wait(120)
+        return True
+
     def should_drop(self) -> bool:
         with self._lock:
             return self.drop_rate > 0 and self._rng.random() < self.drop_rate
@@ -179,9 +212,17 @@ class _Handler(BaseHTTPRequestHandler):
                 exchange.reported = [r["result_id"] for r in json.loads(body).get("results", [])]
                 reply = json.loads(payload)
                 exchange.accepted = list(reply.get("accepted", []))
-                carried_tasks = bool(reply.get("tasks"))
+                exchange.tasks = [t["result_id"] for t in reply.get("tasks", [])]
+                carried_tasks = bool(exchange.tasks)
             except (ValueError, KeyError, TypeError):
                 pass
+        if carried_tasks and proxy.lose_reply():
+            exchange.lost = True
+            proxy.record(exchange)
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
         proxy.record(exchange)
         self.send_response(response.status)
         for key, value in response.getheaders():

@@ -159,6 +159,45 @@ def test_results_finished_while_the_portal_is_unreachable_are_reported_once_it_i
         assert not list((workers.home(name) / "data" / "results").glob("*.json"))
 
 
+def test_tasks_whose_reply_never_arrived_are_sent_again_without_a_ghost_timeout(
+        live_server, daemons_inline, quick_delays, media, workers):
+    # Two replicas of one work unit. "dropped": the reply carrying its task breaks off on the
+    # way (the portal has committed the send). "killed": SIGKILLed while the reply carrying
+    # its task is on the way, so it dies without ever saving it, and is started again. The
+    # ghost timeout (600 s) is far beyond this test's: each must get its task back at once.
+    campaign = _campaign(bars=5_000, islands=1, epochs=1, generations=5, population=8,
+                         quorum=2, seed=12)
+    with FaultProxy(live_server.url) as proxy:
+        for name in ("dropped", "killed"):
+            _attach(workers, name, proxy.url)
+        proxy.drop_task_replies = 1
+        workers.start("dropped", "--cpus", "1", "--exit-when-idle", str(TIMEOUT))
+        [dropped] = _wait_for(proxy.lost_tasks, "a dropped reply", workers)
+        # Its retried call gets the task back (before the next fault, which must hit "killed").
+        _wait_for(lambda: dropped in proxy.sent_tasks(), "the dropped task sent again", workers)
+
+        proxy.hold_task_replies = 1
+        workers.start("killed", "--cpus", "1", "--exit-when-idle", str(TIMEOUT))
+        _wait_for(proxy.holding.is_set, "a held reply", workers)
+        workers.kill_hard("killed")
+        proxy.release.set()
+        assert not list((workers.home("killed") / "data" / "tasks").glob("*.json"))
+        workers.start("killed", "--cpus", "1", "--exit-when-idle", str(TIMEOUT))
+        wait_until_finished(campaign, workers, timeout=TIMEOUT)
+        lost, sent = proxy.lost_tasks(), proxy.sent_tasks()
+
+    assert len(lost) == 2 and set(lost) <= set(sent), (lost, sent)
+    wu = WorkUnit.objects.get(campaign=campaign)
+    replicas = list(wu.results.order_by("pk"))
+    # The very replicas lost, validated; nothing timed out, nothing sent a second time.
+    assert sorted(r.pk for r in replicas) == sorted(lost)
+    assert {(r.outcome, r.validate_state) for r in replicas} == {
+        (Outcome.SUCCESS, ValidateState.VALID)}
+    assert {r.host.name for r in replicas} == {"dropped", "killed"}
+    for name in ("dropped", "killed"):
+        assert "received task" in workers.log(name)
+
+
 def test_a_corrupted_download_is_detected_and_fetched_again(
         live_server, daemons_inline, quick_delays, media, workers):
     campaign = _campaign(bars=5_000, islands=1, epochs=1, generations=3, population=8,

@@ -248,6 +248,46 @@ def test_a_result_stays_on_disk_until_the_portal_accepts_it(live_server, paths, 
     assert result.digest == reported["output"]["digest"]
 
 
+class _LoseReplyWithTasks(HTTPAdapter):
+    """The portal handles the first scheduler call that sends a task, but its reply is lost on
+    the way back (the connection breaks after the portal committed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost: list[int] = []
+        self.requests: list[dict] = []
+
+    def send(self, request, *args, **kwargs):
+        response = super().send(request, *args, **kwargs)
+        if request.url.endswith("/scheduler/"):
+            self.requests.append(json.loads(request.body))
+            if not self.lost and response.status_code == 200 and response.json()["tasks"]:
+                self.lost = [task["result_id"] for task in response.json()["tasks"]]
+                raise requests.ConnectionError("connection reset (simulated)")
+        return response
+
+
+def test_a_task_whose_reply_was_lost_is_sent_again_and_run(live_server, paths, quick_delays,
+                                                           one_task_campaign):
+    host = make_host()
+    lossy = _LoseReplyWithTasks()
+    session = requests.Session()
+    session.mount("http://", lossy)
+    client = PortalClient(live_server.url, host.token, session=session,
+                          retry=RetryPolicy(attempts=2, base=0.01, cap=0.02))
+    options = runner.RunOptions(max_tasks=1, exit_when_idle=10.0)
+    summary = runner.Runner(client, WorkerStore(paths), options).run()
+
+    assert lossy.lost, "no reply was lost"
+    [lost] = lossy.lost
+    # Every call says its list is complete; the retried one got the very same replica back.
+    assert all(r["in_progress_complete"] is True for r in lossy.requests)
+    assert (summary.tasks_run, summary.results_accepted) == (1, 1)
+    result = Result.objects.get(host=host)  # no ghost left behind, no second replica
+    assert result.pk == lost
+    assert (result.server_state, result.outcome) == (ServerState.OVER, Outcome.SUCCESS)
+
+
 def test_a_corrupt_cached_data_set_is_deleted_and_fetched_again(live_server, paths,
                                                                 quick_delays, one_task_campaign):
     one_task_campaign.refresh_from_db()

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from worker_client.planning import PlannedTask, eta_seconds, plan, remaining_seconds, work_request
+from worker_client.planning import (
+    PlannedTask,
+    eta_seconds,
+    plan,
+    remaining_seconds,
+    slot_queue,
+    work_request,
+)
 from worker_client.protocol import MAX_WORK_SECONDS
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -75,3 +82,19 @@ def test_eta_from_progress():
 def test_a_huge_buffer_asks_for_no_more_than_the_protocol_allows():
     _, seconds = work_request(slots=64, buffer_seconds=240 * 3600, held=[], speed=SPEED)
     assert seconds == MAX_WORK_SECONDS
+
+
+def test_the_queue_of_each_slot_is_what_runs_there_before_a_new_task_could_start():
+    running = [task(1, seconds=300, due_in=1e4, done=0.5)]  # 150 s left
+    queued = [task(2, seconds=100, due_in=1e4), task(3, seconds=400, due_in=1e4),
+              task(4, seconds=50, due_in=1e4)]
+    # Slot A: 150 s left of task 1; slot B: task 2 (100 s), then 3 goes on the slot free
+    # first (B at 100 s: 500 s), then 4 on A (at 150 s: 200 s).
+    assert slot_queue(queued=queued, running=running, slots=2, speed=SPEED) == [200.0, 500.0]
+    assert slot_queue(queued=[], running=[], slots=3, speed=SPEED) == [0.0, 0.0, 0.0]
+
+
+def test_the_queue_is_bounded_by_the_protocol():
+    huge = [task(1, seconds=MAX_WORK_SECONDS * 2, due_in=1e9)]
+    assert slot_queue(queued=huge, running=[], slots=1, speed=SPEED) == [MAX_WORK_SECONDS]
+    assert len(slot_queue(queued=[], running=[], slots=1000, speed=SPEED)) == 256

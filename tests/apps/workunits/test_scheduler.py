@@ -185,6 +185,35 @@ def test_deadline_infeasible_when_work_exists_but_none_fits():
     assert len(unmeasured["tasks"]) == 1
 
 
+def test_work_that_would_miss_its_deadline_behind_the_hosts_queue_is_not_sent():
+    campaign = make_campaign(min_quorum=1, target_nresults=1)
+    make_workunit(campaign=campaign, cost=1_000, delay_bound=3_600)  # 1000 s here
+
+    busy = ask(make_host(speed=1.0), slot_queue_seconds=[3_000.0])
+    busy_but_in_time = ask(make_host(speed=1.0), slot_queue_seconds=[3_000.0, 2_600.0])
+
+    assert busy["tasks"] == [] and busy["reason"] == protocol.REASON_TOO_SLOW
+    assert busy["message"].endswith("after the 3,000 s of work it already holds.")
+    assert len(busy_but_in_time["tasks"]) == 1  # its second slot is free in time
+
+
+def test_each_task_sent_queues_on_the_slot_free_first():
+    campaign = make_campaign(min_quorum=1, target_nresults=1)
+    for _ in range(8):
+        make_workunit(campaign=campaign, cost=2_000, delay_bound=3_600)  # 2000 s each here
+
+    two_idle_slots = ask(make_host(speed=1.0), free_slots=4, work_seconds=20_000.0,
+                         slot_queue_seconds=[0.0, 0.0])
+    one_busy_slot = ask(make_host(speed=1.0), free_slots=4, work_seconds=20_000.0,
+                        slot_queue_seconds=[1_000.0])
+    older_client = ask(make_host(speed=1.0), free_slots=4, work_seconds=20_000.0)
+
+    # One task per slot: a second on either would end at 4000 s, past the 3600 s deadline.
+    assert len(two_idle_slots["tasks"]) == 2
+    assert len(one_busy_slot["tasks"]) == 1  # 1000 + 2000 s; then 3000 + 2000 s is too late
+    assert len(older_client["tasks"]) == 4  # each task judged alone, as before
+
+
 def test_no_work_when_nothing_is_unsent_or_the_campaign_is_not_active(settings):
     make_workunit(campaign=make_campaign(state=CampaignState.PAUSED))
 
@@ -438,6 +467,187 @@ def test_tasks_no_longer_needed_are_aborted_and_released():
     assert Result.objects.get(pk=someone_elses.pk).server_state == ServerState.IN_PROGRESS
 
 
+# --- lost tasks (BOINC's resend_lost_results) -------------------------------------------------
+
+LATER = NOW + timedelta(minutes=2)
+
+
+def test_a_lost_task_is_sent_again_the_same_replica_with_its_deadline():
+    workunit = make_workunit(delay_bound=600, cost=5_000, credit=2.5)
+    host = make_host()
+    [task] = ask(host)["tasks"]  # the reply that never reached the host
+    ask(host, free_slots=0, acks=[])  # acks nothing, lists nothing: an older client's call
+    replica = Result.objects.get(pk=task["result_id"])
+    assert (replica.sent_time, replica.acked_time) == (NOW, None)
+
+    reply = ask(host, now=LATER, free_slots=0, work_seconds=0.0, in_progress=[],
+                in_progress_complete=True)
+
+    assert reply["tasks"] == [task]  # same id, payload, data set and deadline
+    assert reply["reason"] is None and reply["message"] == "Re-sent 1 lost task."
+    replica.refresh_from_db()
+    # A new send that the host must acknowledge again; the report deadline does not move.
+    assert (replica.server_state, replica.host_id) == (ServerState.IN_PROGRESS, host.pk)
+    assert (replica.sent_time, replica.acked_time) == (LATER, None)
+    assert replica.report_deadline == NOW + timedelta(seconds=600 + 300)
+    host.refresh_from_db()
+    assert host.results_today == 1  # counted once, when first sent
+    assert Result.objects.filter(workunit=workunit, server_state=ServerState.UNSENT).count() == 1
+
+
+def test_tasks_the_host_lists_or_reports_are_not_sent_again():
+    campaign = make_campaign(min_quorum=1, target_nresults=1)
+    running, finished = (make_workunit(campaign=campaign) for _ in range(2))
+    host = make_host()
+    held = send(running.results.get(), host)
+    done = send(finished.results.get(), host)
+
+    reply = ask(host, now=LATER, free_slots=0, results=[success(done.pk)],
+                in_progress=[held.pk], in_progress_complete=True)
+
+    assert reply["tasks"] == [] and reply["accepted"] == [done.pk]
+    assert Result.objects.get(pk=held.pk).sent_time == NOW
+
+
+def test_without_the_flag_a_missing_task_is_left_alone():
+    host = make_host()
+    replica = send(make_workunit().results.first(), host)
+
+    reply = ask(host, now=LATER, free_slots=0, in_progress=[])
+
+    assert reply["tasks"] == []
+    replica.refresh_from_db()
+    assert (replica.server_state, replica.sent_time) == (ServerState.IN_PROGRESS, NOW)
+
+
+def test_another_hosts_tasks_are_never_sent_even_of_the_same_volunteer():
+    volunteer = make_volunteer()
+    host, sibling, stranger = make_host(volunteer=volunteer), make_host(volunteer=volunteer), \
+        make_host()
+    first, second = make_workunit(), make_workunit()
+    send(first.results.first(), sibling)
+    send(second.results.first(), stranger)
+
+    reply = ask(host, now=LATER, free_slots=0, in_progress=[], in_progress_complete=True)
+
+    assert reply["tasks"] == []
+    assert not Result.objects.filter(host=host).exists()
+    assert set(Result.objects.filter(server_state=ServerState.IN_PROGRESS)
+               .values_list("sent_time", flat=True)) == {NOW}
+
+
+def test_a_lost_task_the_host_cannot_finish_in_time_is_given_up_and_replaced(settings):
+    from apps.workunits.transitioner import transition_pass
+
+    settings.RESULT_GRACE_SECONDS = 300
+    workunit = make_workunit(delay_bound=600, cost=60_000_000, min_quorum=1, target_nresults=1,
+                             replicas=1)
+    host = make_host(speed=200_000.0)  # 300 s of work: fits the 600 s window when sent
+    replica = send(workunit.results.get(), host)
+    Result.objects.filter(pk=replica.pk).update(
+        report_deadline=NOW + timedelta(seconds=600 + 300))
+    too_late = NOW + timedelta(seconds=400)  # 200 s left: not enough
+
+    reply = ask(host, now=too_late, free_slots=0, in_progress=[], in_progress_complete=True)
+
+    assert reply["tasks"] == []
+    replica.refresh_from_db()
+    assert replica.server_state == ServerState.IN_PROGRESS
+    assert replica.report_deadline < too_late  # given up: the transitioner times it out now
+    workunit.refresh_from_db()
+    assert workunit.transition_time == too_late
+    transition_pass(workunit_ids=[workunit.pk], now=too_late)
+    replica.refresh_from_db()
+    assert (replica.server_state, replica.outcome) == (ServerState.OVER, Outcome.NO_REPLY)
+    assert workunit.results.filter(server_state=ServerState.UNSENT).count() == 1
+
+
+def test_a_lost_task_past_its_deadline_is_given_up_even_on_an_unmeasured_host():
+    host = make_host(speed=0.0)
+    replica = send(make_workunit(delay_bound=600).results.first(), host)  # due NOW + 1 h
+    in_grace = NOW + timedelta(hours=1, seconds=10)
+    Result.objects.filter(pk=replica.pk).update(report_deadline=NOW + timedelta(hours=1, minutes=5))
+
+    reply = ask(host, now=in_grace, free_slots=0, in_progress=[], in_progress_complete=True)
+
+    assert reply["tasks"] == []
+    assert Result.objects.get(pk=replica.pk).report_deadline < in_grace
+
+
+def test_a_lost_task_no_longer_needed_is_released_without_blame():
+    workunit = make_workunit()
+    host = make_host()
+    replica = send(workunit.results.first(), host)
+    WorkUnit.objects.filter(pk=workunit.pk).update(canonical_result=workunit.results.last())
+
+    reply = ask(host, now=LATER, free_slots=0, in_progress=[], in_progress_complete=True)
+
+    assert reply["tasks"] == []
+    replica.refresh_from_db()
+    assert (replica.server_state, replica.outcome) == (ServerState.OVER, Outcome.DIDNT_NEED)
+
+
+def test_a_too_old_client_gets_its_lost_tasks_given_up_not_sent(settings):
+    host = make_host()
+    replica = send(make_workunit().results.first(), host)
+    settings.MIN_CLIENT_VERSION = "0.2.0"
+
+    reply = ask(host, now=LATER, in_progress=[], in_progress_complete=True)
+
+    assert reply["tasks"] == [] and reply["reason"] == protocol.REASON_CLIENT_TOO_OLD
+    assert Result.objects.get(pk=replica.pk).report_deadline < LATER
+
+
+def test_re_sent_tasks_fill_the_request_before_new_work():
+    campaign = make_campaign(min_quorum=1, target_nresults=1)
+    lost_unit, *_ = (make_workunit(campaign=campaign, cost=1_000) for _ in range(4))
+    host = make_host(speed=1.0)  # 1000 s a task
+    lost = send(lost_unit.results.get(), host)
+
+    one_slot = ask(host, now=LATER, free_slots=1, work_seconds=500.0, in_progress=[],
+                   in_progress_complete=True)
+    assert [t["result_id"] for t in one_slot["tasks"]] == [lost.pk]
+
+    Result.objects.filter(pk=lost.pk).update(acked_time=LATER)
+    three = ask(host, now=LATER, free_slots=3, work_seconds=2_500.0, in_progress=[],
+                in_progress_complete=True)
+    ids = [t["result_id"] for t in three["tasks"]]
+    assert ids[0] == lost.pk and len(ids) == 3  # the lost one, then 1500 s of new work
+    assert three["reason"] is None
+    assert three["message"] == "Re-sent 1 lost task. Sent 2 tasks."
+    host.refresh_from_db()
+    assert host.results_today == 2
+
+
+def test_re_sent_tasks_queue_on_the_hosts_slots_before_new_work():
+    campaign = make_campaign(min_quorum=1, target_nresults=1)
+    lost_unit, _ = (make_workunit(campaign=campaign, cost=2_000, delay_bound=3_600)
+                    for _ in range(2))
+    host = make_host(speed=1.0)  # 2000 s a task: two in a row miss the 3600 s deadline
+    lost = send(lost_unit.results.get(), host)
+    Result.objects.filter(pk=lost.pk).update(report_deadline=LATER + timedelta(hours=2))
+
+    reply = ask(host, now=LATER, free_slots=2, work_seconds=4_000.0, in_progress=[],
+                in_progress_complete=True, slot_queue_seconds=[0.0])
+
+    assert [t["result_id"] for t in reply["tasks"]] == [lost.pk]
+
+
+def test_the_re_sent_tasks_per_call_are_bounded(monkeypatch):
+    monkeypatch.setattr(scheduler_module, "MAX_TASKS_PER_REQUEST", 2)
+    campaign = make_campaign(min_quorum=1, target_nresults=1)
+    host = make_host()
+    lost = [send(make_workunit(campaign=campaign).results.get(), host) for _ in range(3)]
+
+    first = ask(host, now=LATER, free_slots=0, in_progress=[], in_progress_complete=True)
+    second = ask(host, now=LATER, free_slots=0, in_progress=[t["result_id"]
+                                                             for t in first["tasks"]],
+                 in_progress_complete=True)
+
+    assert [t["result_id"] for t in first["tasks"]] == [r.pk for r in lost[:2]]
+    assert [t["result_id"] for t in second["tasks"]] == [lost[2].pk]
+
+
 # --- adaptive replication ----------------------------------------------------------------------
 
 
@@ -564,6 +774,25 @@ def test_a_report_plus_a_claim_costs_a_bounded_number_of_statements(django_asser
     assert reply["accepted"] == [replica.pk]
     assert len(reply["tasks"]) == 4
     assert Result.objects.filter(host=host, server_state=ServerState.IN_PROGRESS).count() == 4
+
+
+def test_a_complete_list_costs_one_statement_more(django_assert_max_num_queries):
+    """The lost-task check is one SELECT when nothing is lost (the usual case)."""
+    campaign = make_campaign(min_quorum=1, target_nresults=1)
+    workunits = [make_workunit(campaign=campaign) for _ in range(6)]
+    host = make_host()
+    replica = send(workunits[0].results.first(), host)
+    running = send(workunits[1].results.first(), host)
+    host.refresh_from_db()
+    with django_assert_max_num_queries(15):
+        reply = scheduler_request(
+            host=host, client_version="0.1.0", now=NOW,
+            request={"results": [success(replica.pk)], "acks": [replica.pk],
+                     "in_progress": [running.pk], "in_progress_complete": True,
+                     "free_slots": 4, "work_seconds": 4 * 3600.0,
+                     "datasets": [campaign.dataset.sha256]})
+    assert reply["accepted"] == [replica.pk]
+    assert len(reply["tasks"]) == 4
 
 
 def test_a_batch_costs_as_many_statements_as_one_task(django_assert_max_num_queries):

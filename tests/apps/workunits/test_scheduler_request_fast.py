@@ -43,9 +43,12 @@ def well_formed(n_results: int, n_ids: int) -> dict:
                     for i in range(n_results)],
         "acks": list(range(100, 100 + n_ids)),
         "in_progress": list(range(200, 200 + n_ids)),
+        "in_progress_complete": n_ids % 2 == 0,
         "progress": [{"result_id": 200 + i, "fraction_done": i / max(n_ids, 1)}
                      for i in range(n_ids)],
-        "free_slots": 4, "work_seconds": 3600.0, "datasets": [SHA],
+        "free_slots": 4, "work_seconds": 3600.0,
+        "slot_queue_seconds": [600 * i for i in range(min(n_ids, 4))],
+        "datasets": [SHA],
     }
 
 
@@ -119,6 +122,14 @@ def test_the_usual_requests_take_the_fast_path():
         assert fast is not None
         assert fast == _serializer(request)[1]
     assert scheduler_request_fast({}) == _serializer({})[1]
+    assert scheduler_request_fast({})["in_progress_complete"] is False
+
+
+def test_only_a_json_boolean_marks_the_list_complete():
+    for value in (1, 0, "true", None, 1.0):
+        request = well_formed(0, 1) | {"in_progress_complete": value}
+        assert scheduler_request_fast(request) is None
+        assert not _serializer(request)[0]
 
 
 def test_doubtful_requests_are_left_to_the_serializer():
