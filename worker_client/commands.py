@@ -29,8 +29,12 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             checkpoint_interval=args.checkpoint_interval, cache_limit_mb=args.cache_mb,
             max_tasks=args.max_tasks, exit_when_idle=args.exit_when_idle,
             display=False if args.plain else None))
-        print(f"Stopped: {summary.tasks_run} task(s) run, {summary.results_accepted} result(s) "
-              f"accepted by the portal.")
+        failed = f" ({summary.tasks_failed} failed)" if summary.tasks_failed else ""
+        rejected = (f", {summary.results_rejected} refused" if summary.results_rejected
+                    else "")
+        why = " on a signal" if summary.stopped_by_signal else ""
+        print(f"Stopped{why}: {summary.tasks_run} task(s) run{failed}, "
+              f"{summary.results_accepted} result(s) accepted by the portal{rejected}.")
     elif command == "status":
         print_status(host.status(offline=args.offline), as_json=args.json)
     elif command == "benchmark":

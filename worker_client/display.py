@@ -34,23 +34,24 @@ from rich.text import Text
 
 log = logging.getLogger(__name__)
 
-RUNNING = "running"
+# A task's states, as the runner reports them: queued, then starting (its process is up, no
+# progress yet: loading the data set), running with pauses to checkpoint, then finished (its
+# result waits on disk until the portal acknowledges it).
 QUEUED = "queued"
-DOWNLOADING = "downloading"
+STARTING = "starting"
+RUNNING = "running"
 CHECKPOINTING = "checkpointing"
-UPLOADING = "uploading"
 FINISHED = "finished"
 
 STATE_STYLES = {
-    RUNNING: "bold green",
     QUEUED: "dim",
-    DOWNLOADING: "cyan",
+    STARTING: "cyan",
+    RUNNING: "bold green",
     CHECKPOINTING: "blue",
-    UPLOADING: "magenta",
     FINISHED: "green",
 }
 # A checkpoint is a pause inside a running task, not a change worth a log line of its own.
-_BUSY = frozenset({RUNNING, CHECKPOINTING})
+_BUSY = frozenset({STARTING, RUNNING, CHECKPOINTING})
 
 NO_TASK_YET = "no task yet — asking the portal for work…"
 DEADLINE_SOON = 3600.0  # seconds: a deadline closer than this is shown in red
@@ -66,7 +67,7 @@ class TaskView:
 
     result_id: int
     name: str  # e.g. "demo-btc#i2e3" (the work unit's name)
-    state: str  # "running" | "queued" | "downloading" | "checkpointing" | "uploading" | "finished"
+    state: str  # QUEUED, STARTING, RUNNING, CHECKPOINTING or FINISHED
     fraction_done: float  # 0..1
     generation: int
     generations: int

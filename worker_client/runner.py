@@ -48,7 +48,7 @@ from .compute import (
 )
 from .config import HostConfig, WorkerPaths, load_host_config
 from .datasets import DatasetCache
-from .display import TaskView, WorkerView, make_display
+from .display import FINISHED, QUEUED, STARTING, TaskView, WorkerView, make_display
 from .exceptions import (
     AuthError,
     ClientTooOld,
@@ -186,6 +186,7 @@ class Runner:
         self._held: dict[int, _Held] = {}
         self._running: dict[int, _Running] = {}
         self._results: dict[int, ReportedResult] = {}
+        self._finished_views: dict[int, TaskView] = {}  # finished this run, not yet acknowledged
         self._credit_of: dict[int, float] = {}  # credit each task earns if validated
         self._session = _Session()
         self._summary = RunSummary()
@@ -339,6 +340,11 @@ class Runner:
         rid = held.task.result_id
         # The result is on disk (written by the child) before the task is forgotten.
         self._results[rid] = result
+        generations = held.progress.generations if held.progress else 0
+        self._finished_views[rid] = TaskView(
+            result_id=rid, name=held.task.name, state=FINISHED, fraction_done=1.0,
+            generation=generations, generations=generations, speed=0.0, eta_seconds=None,
+            deadline=held.deadline, credit=held.task.credit)
         self._forget(rid)
         self._summary.tasks_run += 1
         self._last_work = self._clock()
@@ -537,6 +543,7 @@ class Runner:
     def _apply(self, reply: SchedulerReply, *, reported: set[int]) -> None:
         for result_id in reply.accepted:
             result = self._results.pop(result_id, None)
+            self._finished_views.pop(result_id, None)
             if result is not None:
                 self._summary.results_accepted += 1
                 self._session.accepted += 1
@@ -546,6 +553,7 @@ class Runner:
             self.store.drop_result(result_id)
         for entry in reply.rejected:
             result_id = int(entry.get("result_id", -1))
+            self._finished_views.pop(result_id, None)
             if self._results.pop(result_id, None) is not None:
                 self._summary.results_rejected += 1
                 log.warning("result %d rejected by the portal: %s", result_id,
@@ -634,10 +642,8 @@ class Runner:
         views = []
         for rid, held in self._held.items():
             progress = held.progress
-            if rid in self._running:
-                state = progress.phase if progress else "starting"
-            else:
-                state = "queued"
+            state = QUEUED if rid not in self._running else (
+                progress.phase if progress else STARTING)
             info = self.store.checkpoint_info(rid) if progress is None else None
             fraction = progress.fraction_done if progress else (
                 info.fraction_done if info else 0.0)
@@ -652,7 +658,8 @@ class Runner:
                 eta_seconds=eta_seconds(fraction_done=fraction, elapsed=progress.seconds)
                 if progress and progress.phase == PHASE_RUNNING else None,
                 deadline=held.deadline, credit=held.task.credit))
-        return tuple(views)
+        return (*views, *(view for rid, view in self._finished_views.items()
+                          if rid in self._results))
 
     def _view(self) -> WorkerView:
         return WorkerView(

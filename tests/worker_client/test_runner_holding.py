@@ -136,3 +136,22 @@ def test_a_request_for_work_says_how_much_each_slot_has_queued(store):
     [request] = portal.requests
     assert request.free_slots > 0
     assert request.slot_queue_seconds == [0.0, 100.0]
+
+
+def test_a_finished_task_shows_as_finished_until_the_portal_acknowledges_it(store):
+    from worker_client.display import FINISHED, QUEUED
+
+    portal = StubPortal(_reply(_task(7), _task(8)), _reply(accepted=(7,)))
+    worker = _runner(store, portal)
+    worker._contact()
+    assert [(t.result_id, t.state) for t in worker._view().tasks] == [(7, QUEUED), (8, QUEUED)]
+    held = worker._held[7]
+    result = ReportedResult(result_id=7, status="error", error="x")
+    store.save_result(result)
+
+    worker._finished_task(held, result)
+
+    assert [(t.result_id, t.state, t.fraction_done) for t in worker._view().tasks] == [
+        (8, QUEUED, 0.0), (7, FINISHED, 1.0)]
+    worker._contact()  # reports it; the portal accepts it
+    assert [(t.result_id, t.state) for t in worker._view().tasks] == [(8, QUEUED)]
