@@ -685,11 +685,13 @@ def _resend_lost(host: Host, lost: list[_Lost], *, can_send: bool, now: datetime
 
 
 def host_status(*, host: Host) -> dict[str, Any]:
-    """The portal's figures for one host, for ``strategy-worker status``."""
+    """The portal's figures for one host, for ``strategy-worker status``: ``pending`` counts
+    results reported and waiting for a quorum, undecided ones included, as the account page."""
     counts = Result.objects.filter(host=host).aggregate(
         in_progress=Count("pk", filter=Q(server_state=ServerState.IN_PROGRESS)),
-        pending=Count("pk", filter=Q(server_state=ServerState.OVER, outcome=Outcome.SUCCESS,
-                                     validate_state=ValidateState.INIT)))
+        pending=Count("pk", filter=Q(
+            server_state=ServerState.OVER, outcome=Outcome.SUCCESS,
+            validate_state__in=[ValidateState.INIT, ValidateState.INCONCLUSIVE])))
     return {"host_id": host.pk, "name": host.name, "total_credit": host.total_credit,
             "rac": host.rac, "n_valid": host.n_valid, "n_invalid": host.n_invalid,
             "n_errors": host.n_errors, "speed": host.speed, **counts}

@@ -31,16 +31,18 @@ def _take_tasks(host, count: int) -> list[protocol.Task]:
 def test_a_host_reads_its_own_figures_and_only_its_own():
     host = make_host(total_credit=12.5, rac=3.25, n_valid=4, n_invalid=1, n_errors=2)
     make_host(total_credit=999.0)  # someone else's
-    tasks = _take_tasks(host, 2)
-    Result.objects.filter(pk=tasks[0].result_id).update(
-        server_state=ServerState.OVER, outcome=Outcome.SUCCESS,
-        validate_state=ValidateState.INIT)
+    tasks = _take_tasks(host, 3)
+    # Pending: reported and waiting for a quorum, whether undecided yet or not.
+    for task, state in zip(tasks[:2], [ValidateState.INIT, ValidateState.INCONCLUSIVE],
+                           strict=True):
+        Result.objects.filter(pk=task.result_id).update(
+            server_state=ServerState.OVER, outcome=Outcome.SUCCESS, validate_state=state)
 
     body = worker(host).get(HOST).json()
 
     assert body == {"host_id": host.pk, "name": host.name, "total_credit": 12.5, "rac": 3.25,
                     "n_valid": 4, "n_invalid": 1, "n_errors": 2, "in_progress": 1,
-                    "pending": 1, "speed": host.speed}
+                    "pending": 2, "speed": host.speed}
     assert_error(worker().get(HOST), 401)
 
 
