@@ -22,14 +22,15 @@ from rest_framework import serializers
 
 from worker_client import protocol
 
-MAX_RESULTS_PER_REQUEST = 32
+# The protocol's limits of one request, and the portal's own on what is inside one.
+MAX_RESULTS_PER_REQUEST = protocol.MAX_RESULTS_PER_REQUEST
 MAX_IDS_PER_LIST = protocol.MAX_IDS_PER_LIST
+MAX_WORK_SECONDS = float(protocol.MAX_WORK_SECONDS)  # BOINC's MAX_REQ_SECS
+MAX_FREE_SLOTS = protocol.MAX_FREE_SLOTS
 MAX_DATASETS = 100
 MAX_OUTPUT_BYTES = 1_000_000  # one result's output, as compact JSON
 MAX_OUTPUT_DEPTH = 32
 MAX_TASK_SECONDS = 1e8  # cpu/wall time of one task: about three years
-MAX_WORK_SECONDS = 28 * 86_400.0  # BOINC's MAX_REQ_SECS
-MAX_FREE_SLOTS = 256
 MAX_ID = 2**63 - 1
 MAX_ERROR_LENGTH = 4000
 REASONS = [protocol.REASON_NO_WORK, protocol.REASON_QUOTA, protocol.REASON_CLIENT_TOO_OLD,
