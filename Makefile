@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 WHEEL_STAMP := var/dist/.built
 
-.PHONY: help install browser test lint bench bench-quick bench-scheduler bench-load bench-faults bench-cheaters demo engine-demo wheel clean
+.PHONY: help install browser test lint bench bench-quick bench-scheduler bench-load bench-daemons bench-faults bench-cheaters demo engine-demo wheel clean
 
 help:
 	@echo "make demo         set up and run the demo"
@@ -14,6 +14,7 @@ help:
 	@echo "make bench-quick  the same, reduced (under a minute)"
 	@echo "make bench-scheduler  tasks dispatched and reported per second (PostgreSQL, gunicorn)"
 	@echo "make bench-load   1,000 simulated hosts against gunicorn + PostgreSQL + the daemons"
+	@echo "make bench-daemons  the daemons alone: reported work units validated/s (PostgreSQL)"
 	@echo "make bench-faults portal, cluster, PostgreSQL and workers restarted while mining"
 	@echo "make bench-cheaters  forged results against the validator: accepted, credit, redundancy"
 	@echo "make engine-demo  a local island search, no portal"
@@ -53,6 +54,9 @@ bench-scheduler: $(STAMP)
 
 bench-load: $(STAMP)
 	$(PY) bench/load.py
+
+bench-daemons: $(STAMP)
+	$(PY) bench/daemons.py
 
 # Restarts the local PostgreSQL: not while something else uses it.
 bench-faults: $(STAMP)

@@ -1,6 +1,7 @@
 """The assimilator: a finished work unit's answer into its campaign (reference/boinc.md §3).
 
-For each work unit READY for assimilation, in one transaction:
+For each work unit READY for assimilation (in batches: one transaction, a few statements for the
+whole batch, the campaigns' statistics moved once per campaign):
 
 * with a canonical result (already re-checked by the validator), its top genomes that are good
   enough enter the hall of fame with **out-of-sample metrics computed here** (the volunteers
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -31,7 +34,7 @@ from .campaigns import campaign_finish_if_done, island_start_population, workuni
 from .data import load_dataset
 from .models import Campaign, Result, Strategy, WorkUnit
 from .states import AssimilateState, CampaignState, ErrorMask, ValidateState
-from .transitioner import Conflict, checked_update
+from .transitioner import Writes, run_batches
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +72,10 @@ def _strategy_record(*, wu: WorkUnit, campaign: Campaign, entry: dict[str, Any],
     return strategy
 
 
-def _assimilate_canonical(wu: WorkUnit, campaign: Campaign, *, now: datetime) -> None:
-    canonical = Result.objects.get(pk=wu.canonical_result_id)
+def _assimilate_canonical(wu: WorkUnit, campaign: Campaign, canonical: Result,
+                          confirmed_by: list[int], stats: _CampaignStats) -> None:
     output = canonical.output
     settings = GASettings.from_dict(wu.payload["settings"])
-    confirmed_by = list(
-        Result.objects.filter(workunit=wu, validate_state=ValidateState.VALID,
-                              volunteer__isnull=False)
-        .exclude(pk=canonical.pk).order_by("id").values_list("volunteer_id", flat=True))
     best = None
     for entry in output["top"]:
         fitness = entry["fitness"]
@@ -87,56 +86,105 @@ def _assimilate_canonical(wu: WorkUnit, campaign: Campaign, *, now: datetime) ->
                 entry["metrics"]["n_trades"] >= settings.min_trades):
             _strategy_record(wu=wu, campaign=campaign, entry=entry, settings=settings,
                              found_by_id=canonical.volunteer_id, confirmed_by_ids=confirmed_by)
-    Campaign.objects.filter(pk=campaign.pk).update(
-        epochs_done=F("epochs_done") + 1, strategies_tried=F("strategies_tried")
-        + output["evaluated"], candle_evaluations=F("candle_evaluations") + wu.cost,
-        updated_at=now)
+    stats.epochs_done += 1
+    stats.strategies_tried += output["evaluated"]
+    stats.candle_evaluations += wu.cost
     if best is not None:
-        Campaign.objects.filter(Q(best_fitness__isnull=True) | Q(best_fitness__lt=best),
-                                pk=campaign.pk).update(best_fitness=best)
+        stats.best = best if stats.best is None else max(stats.best, best)
 
 
-def _assimilate_one(wu_id: int, *, now: datetime) -> bool:
+@dataclass
+class _CampaignStats:
+    """What a batch adds to one campaign's statistics."""
+
+    epochs_done: int = 0
+    strategies_tried: int = 0
+    candle_evaluations: int = 0
+    best: float | None = None
+
+    def save(self, campaign: Campaign, *, now: datetime) -> None:
+        Campaign.objects.filter(pk=campaign.pk).update(
+            epochs_done=F("epochs_done") + self.epochs_done,
+            strategies_tried=F("strategies_tried") + self.strategies_tried,
+            candle_evaluations=F("candle_evaluations") + self.candle_evaluations,
+            updated_at=now)
+        if self.best is not None:
+            Campaign.objects.filter(Q(best_fitness__isnull=True) | Q(best_fitness__lt=self.best),
+                                    pk=campaign.pk).update(best_fitness=self.best)
+
+
+def _assimilate_batch(ids: list[int], *, now: datetime) -> int:
+    """Assimilate these work units in one transaction (those another process holds, or no
+    longer ready, are skipped); returns how many were assimilated.
+
+    The work units are marked done first, then each island's next epoch is created in work
+    unit order. An epoch's start population reads its own island's latest answer (the one
+    assimilated here) and the neighbour island's latest assimilated answer, which may be one
+    this batch assimilates after it in id order: the same start population as if the batch had
+    been assimilated before any of its next epochs was made (order between islands is not
+    promised anyway: several assimilators run side by side).
+    """
     with transaction.atomic():
-        wu = (WorkUnit.objects.select_for_update(skip_locked=True)
-              .filter(pk=wu_id, assimilate_state=AssimilateState.READY).first())
-        if wu is None:
-            return False
-        campaign = Campaign.objects.select_related("dataset").get(pk=wu.campaign_id)
-        error_mask = wu.error_mask
-        if wu.canonical_result_id is not None:
-            _assimilate_canonical(wu, campaign, now=now)
-        else:
-            if not error_mask:  # BOINC: READY with neither answer nor error
-                error_mask = ErrorMask.NO_CANONICAL_RESULT
-            logger.info("assimilator: work unit %s errored (mask %s); island %s continues",
-                        wu.pk, int(error_mask), wu.island)
-            Campaign.objects.filter(pk=campaign.pk).update(
-                epochs_done=F("epochs_done") + 1, updated_at=now)
-        checked_update(WorkUnit.objects.filter(pk=wu.pk, assimilate_state=AssimilateState.READY),
-                       assimilate_state=AssimilateState.DONE, error_mask=error_mask,
-                       updated_at=now)
-        if campaign.state == CampaignState.ACTIVE and wu.epoch + 1 < campaign.budget_epochs:
-            workunit_create_once(
-                campaign=campaign, island=wu.island, epoch=wu.epoch + 1,
-                start_population=island_start_population(campaign=campaign, island=wu.island,
-                                                         epoch=wu.epoch + 1),
-                now=now)
-        campaign_finish_if_done(campaign=campaign, now=now)
-        return True
+        wus = list(WorkUnit.objects.select_for_update(skip_locked=True)
+                   .filter(pk__in=ids, assimilate_state=AssimilateState.READY).order_by("id"))
+        if not wus:
+            return 0
+        campaigns = {c.pk: c for c in Campaign.objects.select_related("dataset")
+                     .filter(pk__in={wu.campaign_id for wu in wus})}
+        canonical_ids = [wu.canonical_result_id for wu in wus
+                         if wu.canonical_result_id is not None]
+        canonicals = {r.pk: r for r in Result.objects.filter(pk__in=canonical_ids)
+                      .only("id", "output", "volunteer_id")}
+        confirmers: dict[int, list[int]] = {}
+        for wu_id, result_id, volunteer_id in (
+                Result.objects.filter(workunit_id__in=[wu.pk for wu in wus],
+                                      validate_state=ValidateState.VALID,
+                                      volunteer__isnull=False)
+                .order_by("id").values_list("workunit_id", "id", "volunteer_id")):
+            if result_id not in canonicals:
+                confirmers.setdefault(wu_id, []).append(volunteer_id)
+        stats: dict[int, _CampaignStats] = {pk: _CampaignStats() for pk in campaigns}
+        writes = Writes(now)
+        for wu in wus:
+            campaign = campaigns[wu.campaign_id]
+            error_mask = wu.error_mask
+            if wu.canonical_result_id is not None:
+                _assimilate_canonical(wu, campaign, canonicals[wu.canonical_result_id],
+                                      confirmers.get(wu.pk, []), stats[campaign.pk])
+            else:
+                if not error_mask:  # BOINC: READY with neither answer nor error
+                    error_mask = ErrorMask.NO_CANONICAL_RESULT
+                logger.info("assimilator: work unit %s errored (mask %s); island %s continues",
+                            wu.pk, int(error_mask), wu.island)
+                stats[campaign.pk].epochs_done += 1
+            writes.update_workunit(wu.pk, where={"assimilate_state": AssimilateState.READY},
+                                   assimilate_state=AssimilateState.DONE, error_mask=error_mask)
+        writes.flush()
+        for pk in sorted(campaigns):  # campaigns' rows in id order: one lock order for all
+            stats[pk].save(campaigns[pk], now=now)
+        for wu in wus:
+            campaign = campaigns[wu.campaign_id]
+            if campaign.state == CampaignState.ACTIVE and wu.epoch + 1 < campaign.budget_epochs:
+                workunit_create_once(
+                    campaign=campaign, island=wu.island, epoch=wu.epoch + 1,
+                    start_population=island_start_population(campaign=campaign,
+                                                             island=wu.island,
+                                                             epoch=wu.epoch + 1),
+                    now=now)
+        for pk in sorted(campaigns):
+            campaign_finish_if_done(campaign=campaigns[pk], now=now)
+        return len(wus)
 
 
-def assimilate_pass(*, limit: int = 50, now: datetime | None = None) -> int:
-    """One assimilator pass; returns how many work units it assimilated. Idempotent."""
+def assimilate_pass(*, limit: int = 200, now: datetime | None = None) -> int:
+    """One assimilator pass; returns how many work units it assimilated. Idempotent.
+
+    Work units are assimilated in batches (``BATCH_SIZE`` to a transaction); a batch that fails
+    is retried one work unit at a time, and a work unit that fails alone stays ready for the
+    next pass.
+    """
     now = now or timezone.now()
     ids = list(WorkUnit.objects.filter(assimilate_state=AssimilateState.READY).order_by("id")
                .values_list("id", flat=True)[:limit])
-    handled = 0
-    for wu_id in ids:
-        try:
-            handled += _assimilate_one(wu_id, now=now)
-        except Conflict as exc:
-            logger.info("assimilator: work unit %s changed during its pass (%s)", wu_id, exc)
-        except Exception:
-            logger.exception("assimilator: work unit %s failed; retrying on the next pass", wu_id)
-    return handled
+    return run_batches(ids, partial(_assimilate_batch, now=now), name="assimilator",
+                       catch_all=True)

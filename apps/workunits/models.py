@@ -135,6 +135,10 @@ class WorkUnit(TimestampedModel):
                          name="wu_need_validate_idx"),
             models.Index(fields=["id"], condition=Q(assimilate_state=AssimilateState.READY),
                          name="wu_assimilate_ready_idx"),
+            # "Is any work unit of this campaign still open?" (campaign_finish_if_done) in one
+            # probe, however many of its work units are done.
+            models.Index(fields=["campaign"], condition=~Q(assimilate_state=AssimilateState.DONE),
+                         name="wu_campaign_open_idx"),
         ]
 
     def __str__(self) -> str:
@@ -184,6 +188,9 @@ class Result(TimestampedModel):
             models.Index(fields=["-priority", "id"], condition=Q(server_state=ServerState.UNSENT),
                          name="result_unsent_idx"),
             models.Index(fields=["host", "server_state"], name="result_host_state_idx"),
+            # The validator's "is this another work unit's validated answer, replayed?" looks
+            # answers up by digest: without it, the lookup scans the campaign's work units.
+            models.Index(fields=["digest"], condition=~Q(digest=""), name="result_digest_idx"),
         ]
 
     def __str__(self) -> str:

@@ -30,6 +30,13 @@ cap, and ``consecutive_valid + 1`` only when another host agreed (trust is earne
 agreement, so a host alone on a work unit cannot raise its own); invalid → trust reset
 (``consecutive_valid = 0``), ``n_invalid + 1`` and one task less of daily quota.
 
+Work units are validated in batches (``VALIDATE_BATCH_SIZE`` to a transaction): their rows,
+replicas, campaigns and the validated answers a replay check needs are read with a few queries;
+each work unit is decided in memory exactly as alone (in id order, a later one seeing the answers
+validated before it); the decisions are written with a few set-based statements, the credit
+grants with :func:`apps.credit.services.credit_grant_many`, and the hosts' reliability figures
+moved in decision order. A batch that fails is retried one work unit at a time.
+
 One rule is stricter than BOINC's: the agreement must come from a replica reported *no earlier*
 (:func:`_confirmed`). A replica reported after an agreeing answer was already on record may be a
 copy of it; it is valid and credited (a copy of a correct answer cannot be told from the answer),
@@ -40,9 +47,11 @@ there passes every check (``bench/cheaters.py`` found this).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from datetime import datetime
+from functools import lru_cache, partial
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -52,13 +61,13 @@ from django.db.models.functions import Greatest, Least
 from django.utils import timezone
 
 from apps.accounts.models import Host, Team, Volunteer
-from apps.credit.services import credit_grant
+from apps.credit.services import credit_grant_many
 from worker_client.engine import METRIC_FIELDS, OHLCV, Genome, GenomeError, evaluate_population
 from worker_client.engine.ga import EpochError, GASettings, fitness_of, result_digest
 from worker_client.engine.space import SearchSpace, SpaceError
 
 from .data import load_dataset
-from .models import Result, WorkUnit
+from .models import Campaign, Result, WorkUnit
 from .states import (
     AssimilateState,
     ErrorMask,
@@ -66,13 +75,15 @@ from .states import (
     ServerState,
     ValidateState,
 )
-from .transitioner import Conflict, checked_update
+from .transitioner import Writes, results_by_workunit, run_batches, update_rows
 
 logger = logging.getLogger(__name__)
 
 RTOL = 1e-9  # claimed against recomputed metrics; identical engines agree to the last bit
 ATOL = 1e-12  # for figures that are (nearly) zero
 _INT_METRICS = frozenset({"n_trades", "n_returns"})
+# Work units to a transaction: the re-checks of a batch run while its work units are locked.
+VALIDATE_BATCH_SIZE = 50
 
 
 class Rejected(Exception):
@@ -111,6 +122,17 @@ def _parse_genome(raw: Any, space: SearchSpace, where: str) -> Genome:
     return genome
 
 
+# A campaign's work units share its search space and GA settings: parsed (and checked) once.
+@lru_cache(maxsize=256)
+def _space(raw: str) -> SearchSpace:
+    return SearchSpace.from_dict(json.loads(raw))
+
+
+@lru_cache(maxsize=256)
+def _settings(raw: str) -> GASettings:
+    return GASettings.from_dict(json.loads(raw))
+
+
 def output_recheck(*, workunit: WorkUnit, output: Any, digest: str = "",
                    data: OHLCV | None = None) -> None:
     """Raise :class:`Rejected` unless ``output`` is an honest answer to ``workunit``.
@@ -119,8 +141,8 @@ def output_recheck(*, workunit: WorkUnit, output: Any, digest: str = "",
     ``digest`` is the digest the replica was reported with, which must be the output's own.
     """
     payload = workunit.payload
-    space = SearchSpace.from_dict(payload["space"])
-    settings = GASettings.from_dict(payload["settings"])
+    space = _space(json.dumps(payload["space"], sort_keys=True))
+    settings = _settings(json.dumps(payload["settings"], sort_keys=True))
     if not isinstance(output, dict):
         raise Rejected("the output is not an object", malformed=True)
     population_raw, top_raw = output.get("population"), output.get("top")
@@ -221,21 +243,62 @@ def answer_of_another_workunit(*, workunit: WorkUnit, digest: str) -> bool:
     same payload (not made by the campaign's services, which seed each epoch apart) has the very
     same answer, so it is not another task.
     """
-    payloads = (WorkUnit.objects.filter(campaign_id=workunit.campaign_id,
-                                        canonical_result__digest=digest)
-                .exclude(pk=workunit.pk).values_list("payload", flat=True))
-    return any(payload != workunit.payload for payload in payloads)
+    return _Replays([workunit], {digest}).replayed(workunit, digest)
+
+
+class _Replays:
+    """The validated answers with given digests in given campaigns, read with one query (an
+    index on the replicas' digest keeps it independent of the tables' size), plus the answers
+    this batch validates as it goes: a work unit later in the batch sees them as it would
+    have, had each been validated in its own transaction."""
+
+    def __init__(self, wus: list[WorkUnit], digests: set[str]) -> None:
+        self.known: dict[tuple[int, str], list[tuple[int, Any]]] = {}
+        campaign_ids = {wu.campaign_id for wu in wus}
+        if digests:
+            for wu_id, campaign_id, digest, payload in (
+                    WorkUnit.objects.filter(campaign_id__in=campaign_ids,
+                                            canonical_result__digest__in=digests)
+                    .values_list("id", "campaign_id", "canonical_result__digest", "payload")):
+                self.known.setdefault((campaign_id, digest), []).append((wu_id, payload))
+
+    def add(self, wu: WorkUnit, digest: str) -> None:
+        self.known.setdefault((wu.campaign_id, digest), []).append((wu.pk, wu.payload))
+
+    def replayed(self, wu: WorkUnit, digest: str) -> bool:
+        return any(wu_id != wu.pk and payload != wu.payload
+                   for wu_id, payload in self.known.get((wu.campaign_id, digest), []))
 
 
 class _Checker:
     """Re-checks replicas of one work unit, loading its bars once."""
 
-    def __init__(self, wu: WorkUnit):
+    def __init__(self, wu: WorkUnit, replays: _Replays | None = None):
         self.wu = wu
         self._data: OHLCV | None = None
+        self._replays = replays
         self._replayed: dict[str, bool] = {}
+        self._verdicts: dict[tuple[str, str], Rejected | None] = {}
 
     def __call__(self, r: Result) -> Rejected | None:
+        # The re-check is a pure function of the work unit, the output and the digest: a
+        # replica that reports the very same output (byte for byte in canonical JSON, so that
+        # ``1``, ``1.0`` and ``true`` stay apart) gets the verdict of the first one, without
+        # running the engine again.
+        key = (r.digest, json.dumps(r.output, sort_keys=True))
+        if key not in self._verdicts:
+            self._verdicts[key] = self._recheck(r)
+        problem = self._verdicts[key]
+        if problem is not None:
+            return problem
+        if r.digest not in self._replayed:
+            replays = self._replays or _Replays([self.wu], {r.digest})
+            self._replayed[r.digest] = replays.replayed(self.wu, r.digest)
+        if self._replayed[r.digest]:
+            return Rejected("the validated answer of another work unit, replayed")
+        return None
+
+    def _recheck(self, r: Result) -> Rejected | None:
         if self._data is None:
             p = self.wu.payload
             self._data = load_dataset(self.wu.campaign.dataset).slice(p["start"], p["stop"])
@@ -250,11 +313,6 @@ class _Checker:
             # fault: judging it malformed keeps one bad replica from holding up the queue.
             return Rejected(f"the output cannot be checked: {type(exc).__name__}: {exc}",
                             malformed=True)
-        if r.digest not in self._replayed:
-            self._replayed[r.digest] = answer_of_another_workunit(workunit=self.wu,
-                                                                  digest=r.digest)
-        if self._replayed[r.digest]:
-            return Rejected("the validated answer of another work unit, replayed")
         return None
 
 
@@ -288,29 +346,65 @@ def host_record_invalid(host_id: int | None, *, now: datetime) -> None:
         max_results_day=Greatest(F("max_results_day") - 1, 1), updated_at=now)
 
 
-def _move(r: Result, *, now: datetime, **changes: Any) -> None:
-    checked_update(Result.objects.filter(pk=r.pk, server_state=r.server_state, outcome=r.outcome,
-                                         validate_state=r.validate_state),
-                   updated_at=now, **changes)
-    for name, value in changes.items():
-        setattr(r, name, value)
+_HOST_RELIABILITY = ("n_valid", "n_invalid", "consecutive_valid", "max_results_day")
 
 
-def _mark_valid(r: Result, wu: WorkUnit, *, confirmed: bool, now: datetime) -> None:
-    _move(r, now=now, validate_state=ValidateState.VALID, granted_credit=wu.credit)
-    credit_grant(result=r, now=now)
-    host_record_valid(r.host_id, confirmed=confirmed, now=now)
+def _hosts_record(hosts: dict[int, Host], events: list[tuple[int, bool, bool]], *,
+                  now: datetime) -> None:
+    """Apply reliability events ``(host id, valid, confirmed)`` in their order to the locked
+    host rows (the very rules of :func:`host_record_valid` and :func:`host_record_invalid`),
+    then write each host's figures with one statement for all."""
+    cap = quota_cap()
+    touched: dict[int, Host] = {}
+    for host_id, valid, confirmed in events:
+        host = hosts[host_id]
+        if valid:
+            host.n_valid += 1
+            host.max_results_day = min(host.max_results_day * 2, max(host.max_results_day, cap))
+            if confirmed:
+                host.consecutive_valid += 1
+        else:
+            host.consecutive_valid = 0
+            host.n_invalid += 1
+            host.max_results_day = max(host.max_results_day - 1, 1)
+        touched[host_id] = host
+    update_rows(Host, {pk: ({}, {name: getattr(host, name) for name in _HOST_RELIABILITY})
+                       for pk, host in touched.items()}, now=now)
 
 
-def _mark_invalid(r: Result, *, now: datetime, rejected: Rejected | None = None) -> None:
+class _ValidatorWrites(Writes):
+    """The transitioner's batched writes, plus credit grants and host reliability events, in
+    the order the validator decides them."""
+
+    def __init__(self, now: datetime) -> None:
+        super().__init__(now)
+        self.granted: list[Result] = []
+        self.host_events: list[tuple[int, bool, bool]] = []
+
+    def flush_all(self, hosts: dict[int, Host]) -> None:
+        super().flush()
+        credit_grant_many(results=self.granted, now=self.now)
+        _hosts_record(hosts, self.host_events, now=self.now)
+
+
+def _mark_valid(r: Result, wu: WorkUnit, writes: _ValidatorWrites, *, confirmed: bool) -> None:
+    writes.move_result(r, validate_state=ValidateState.VALID, granted_credit=wu.credit)
+    writes.granted.append(r)
+    if r.host_id is not None:
+        writes.host_events.append((r.host_id, True, confirmed))
+
+
+def _mark_invalid(r: Result, writes: _ValidatorWrites, *, rejected: Rejected | None = None
+                  ) -> None:
     changes: dict[str, Any] = {"validate_state": ValidateState.INVALID}
     if rejected is not None:
         changes["error_message"] = f"rejected by the validator: {rejected.reason}"[:2000]
         if rejected.malformed:
             changes["outcome"] = Outcome.VALIDATE_ERROR
         logger.warning("validator: result %s rejected: %s", r.pk, rejected.reason)
-    _move(r, now=now, **changes)
-    host_record_invalid(r.host_id, now=now)
+    writes.move_result(r, **changes)
+    if r.host_id is not None:
+        writes.host_events.append((r.host_id, False, False))
 
 
 def _confirmed(r: Result, agreeing: list[Result]) -> bool:
@@ -331,14 +425,17 @@ def _digest_key(r: Result) -> str:
     return f"no digest: result {r.pk}"  # never matches another replica
 
 
-def _check_set(wu: WorkUnit, results: list[Result], check: _Checker, *, now: datetime) -> None:
-    viable = [r for r in results
-              if r.server_state == ServerState.OVER and r.outcome == Outcome.SUCCESS
-              and r.validate_state in (ValidateState.INIT, ValidateState.INCONCLUSIVE)]
-    wu_changes: dict[str, Any] = {"need_validate": False}
+def _viable(r: Result) -> bool:
+    return (r.server_state == ServerState.OVER and r.outcome == Outcome.SUCCESS
+            and r.validate_state in (ValidateState.INIT, ValidateState.INCONCLUSIVE))
+
+
+def _check_set(wu: WorkUnit, results: list[Result], check: _Checker, writes: _ValidatorWrites,
+               replays: _Replays) -> None:
+    now = writes.now
+    viable = [r for r in results if _viable(r)]
     if len(viable) < wu.min_quorum:
-        checked_update(WorkUnit.objects.filter(pk=wu.pk, need_validate=True), **wu_changes,
-                       updated_at=now)
+        writes.update_workunit(wu.pk, where={"need_validate": True}, need_validate=False)
         return
     threshold = wu.min_quorum // 2 + 1
     groups: dict[str, list[Result]] = {}
@@ -362,29 +459,31 @@ def _check_set(wu: WorkUnit, results: list[Result], check: _Checker, *, now: dat
 
     for r in viable:
         if r.pk in rejected:
-            _mark_invalid(r, now=now, rejected=rejected[r.pk])
+            _mark_invalid(r, writes, rejected=rejected[r.pk])
     if agreeing:
         canonical = agreeing[0]
         agreeing_ids = {r.pk for r in agreeing}
         for r in viable:
             if r.pk in agreeing_ids:
-                _mark_valid(r, wu, confirmed=_confirmed(r, agreeing), now=now)
+                _mark_valid(r, wu, writes, confirmed=_confirmed(r, agreeing))
             elif r.pk not in rejected:
-                _mark_invalid(r, now=now)
+                _mark_invalid(r, writes)
         for r in results:
             if r.server_state == ServerState.UNSENT:
-                _move(r, now=now, server_state=ServerState.OVER, outcome=Outcome.DIDNT_NEED)
-        wu_changes.update(canonical_result=canonical, assimilate_state=AssimilateState.READY,
-                          transition_time=now)
-        checked_update(WorkUnit.objects.filter(pk=wu.pk, need_validate=True,
-                                               canonical_result__isnull=True, error_mask=0),
-                       **wu_changes, updated_at=now)
+                writes.move_result(r, server_state=ServerState.OVER, outcome=Outcome.DIDNT_NEED)
+        writes.update_workunit(
+            wu.pk, where={"need_validate": True, "canonical_result__isnull": True,
+                          "error_mask": 0},
+            need_validate=False, canonical_result_id=canonical.pk,
+            assimilate_state=AssimilateState.READY, transition_time=now)
+        replays.add(wu, canonical.digest)  # a later work unit of the batch must see it
         return
 
     remaining = [r for r in viable if r.pk not in rejected]
     for r in remaining:
         if r.validate_state == ValidateState.INIT:
-            _move(r, now=now, validate_state=ValidateState.INCONCLUSIVE)
+            writes.move_result(r, validate_state=ValidateState.INCONCLUSIVE)
+    wu_changes: dict[str, Any] = {"need_validate": False}
     error_mask = wu.error_mask
     if len(remaining) > wu.max_success_results:
         error_mask |= ErrorMask.TOO_MANY_SUCCESS_RESULTS
@@ -393,90 +492,104 @@ def _check_set(wu: WorkUnit, results: list[Result], check: _Checker, *, now: dat
     # The transitioner sends the extra replica (or replaces the liars), or winds the work
     # unit down on error, right away.
     wu_changes.update(error_mask=error_mask, transition_time=now)
-    checked_update(WorkUnit.objects.filter(pk=wu.pk, need_validate=True,
-                                           target_nresults=wu.target_nresults,
-                                           canonical_result__isnull=True, error_mask=wu.error_mask),
-                   **wu_changes, updated_at=now)
+    writes.update_workunit(
+        wu.pk, where={"need_validate": True, "target_nresults": wu.target_nresults,
+                      "canonical_result__isnull": True, "error_mask": wu.error_mask},
+        **wu_changes)
 
 
-def _check_stragglers(wu: WorkUnit, results: list[Result], check: _Checker, *,
-                      now: datetime) -> None:
+def _check_stragglers(wu: WorkUnit, results: list[Result], check: _Checker,
+                      writes: _ValidatorWrites) -> None:
     canonical = next(r for r in results if r.pk == wu.canonical_result_id)
     for r in results:
-        if (r.pk == canonical.pk or r.server_state != ServerState.OVER
-                or r.outcome != Outcome.SUCCESS
-                or r.validate_state not in (ValidateState.INIT, ValidateState.INCONCLUSIVE)):
+        if r.pk == canonical.pk or not _viable(r):
             continue
         if _digest_key(r) != _digest_key(canonical):
-            _mark_invalid(r, now=now)
+            _mark_invalid(r, writes)
             continue
         problem = check(r)
         if problem is None:
             # Reported after the canonical answer was on record: valid, but no proof of work.
-            _mark_valid(r, wu, confirmed=False, now=now)
+            _mark_valid(r, wu, writes, confirmed=False)
         else:
-            _mark_invalid(r, now=now, rejected=problem)
-    checked_update(WorkUnit.objects.filter(pk=wu.pk, need_validate=True),
-                   need_validate=False, updated_at=now)
+            _mark_invalid(r, writes, rejected=problem)
+    writes.update_workunit(wu.pk, where={"need_validate": True}, need_validate=False)
 
 
-def _lock_credit_holders(results: list[Result]) -> None:
-    """Lock every volunteer, team and host this pass may credit or judge, in one global order.
+def _lock_credit_holders(results: list[Result]) -> dict[int, Host]:
+    """Lock every volunteer, team and host this batch may credit or judge, in one global order;
+    returns the hosts' rows (their reliability figures, read under the lock).
 
-    Credit grants and reliability updates touch these rows result by result; taking the locks
-    up front — volunteers, then teams, then hosts, each by id, the order ``credit_grant`` uses
-    for one result — keeps two validators (or a validator and a transitioner, which locks hosts
-    only) from ever waiting on each other in a cycle.
+    Credit grants and reliability updates touch these rows; taking the locks up front —
+    volunteers, then teams, then hosts, each by id, the order ``credit_grant`` uses for one
+    result — keeps two validators (or a validator and a transitioner, which locks hosts only)
+    from ever waiting on each other in a cycle.
     """
-    if not results:
-        return
     volunteer_ids = sorted({r.volunteer_id for r in results if r.volunteer_id is not None})
-    team_ids = sorted(set(Volunteer.objects.filter(pk__in=volunteer_ids, team__isnull=False)
-                          .values_list("team_id", flat=True)))
     host_ids = sorted({r.host_id for r in results if r.host_id is not None})
-    for model, ids in ((Volunteer, volunteer_ids), (Team, team_ids), (Host, host_ids)):
-        if ids:
-            list(model.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+    if volunteer_ids:
+        team_ids = sorted({team_id for (_, team_id) in Volunteer.objects.select_for_update()
+                           .filter(pk__in=volunteer_ids).order_by("pk")
+                           .values_list("pk", "team_id") if team_id is not None})
+        if team_ids:
+            list(Team.objects.select_for_update().filter(pk__in=team_ids).order_by("pk")
                  .values_list("pk", flat=True))
+    if not host_ids:
+        return {}
+    return {h.pk: h for h in Host.objects.select_for_update().filter(pk__in=host_ids)
+            .order_by("pk").only("id", *_HOST_RELIABILITY)}
 
 
-def _validate_one(wu_id: int, *, now: datetime) -> bool:
+def _validate_batch(ids: list[int], *, now: datetime) -> int:
+    """Validate these work units in one transaction (those another process holds, or no longer
+    flagged, are skipped); returns how many were handled.
+
+    The engine re-checks run with only the work units locked; the volunteers, teams and hosts
+    are locked afterwards, for the short time the decisions are written.
+    """
     with transaction.atomic():
-        wu = (WorkUnit.objects.select_for_update(skip_locked=True)
-              .filter(pk=wu_id, need_validate=True).first())
-        if wu is None:
-            return False
-        results = list(Result.objects.filter(workunit=wu).order_by("id"))
-        _lock_credit_holders([r for r in results if r.server_state == ServerState.OVER])
-        check = _Checker(wu)
-        if wu.error_mask:
-            # The transitioner winds errored work units down; nothing to validate.
-            checked_update(WorkUnit.objects.filter(pk=wu.pk, need_validate=True),
-                           need_validate=False, updated_at=now)
-        elif wu.canonical_result_id is not None:
-            _check_stragglers(wu, results, check, now=now)
-        else:
-            _check_set(wu, results, check, now=now)
-        return True
+        wus = list(WorkUnit.objects.select_for_update(skip_locked=True)
+                   .filter(pk__in=ids, need_validate=True).order_by("id"))
+        if not wus:
+            return 0
+        campaigns = {c.pk: c for c in Campaign.objects.select_related("dataset")
+                     .filter(pk__in={wu.campaign_id for wu in wus})}
+        for wu in wus:
+            wu.campaign = campaigns[wu.campaign_id]
+        grouped = results_by_workunit(
+            Result.objects.filter(workunit_id__in=[wu.pk for wu in wus]).order_by("id"))
+        replays = _Replays([wu for wu in wus if not wu.error_mask],
+                           {r.digest for rs in grouped.values() for r in rs
+                            if _viable(r) and r.digest})
+        writes = _ValidatorWrites(now)
+        for wu in wus:
+            results = grouped.get(wu.pk, [])
+            check = _Checker(wu, replays)
+            if wu.error_mask:
+                # The transitioner winds errored work units down; nothing to validate.
+                writes.update_workunit(wu.pk, where={"need_validate": True},
+                                       need_validate=False)
+            elif wu.canonical_result_id is not None:
+                _check_stragglers(wu, results, check, writes)
+            else:
+                _check_set(wu, results, check, writes, replays)
+        hosts = _lock_credit_holders([r for rs in grouped.values() for r in rs
+                                      if r.server_state == ServerState.OVER])
+        writes.flush_all(hosts)
+        return len(wus)
 
 
-def validate_pass(*, limit: int = 100, now: datetime | None = None) -> int:
+def validate_pass(*, limit: int = 200, now: datetime | None = None) -> int:
     """One validator pass over work units flagged ``need_validate``; returns how many it handled.
 
     Safe in several processes at once: each work unit is locked (skipped when another process
-    holds it) and every change is conditional. A work unit that fails (an unreadable data set,
-    say) stays flagged and is retried by the next pass.
+    holds it) and every change is conditional. Work units are validated in batches
+    (``BATCH_SIZE`` to a transaction); a batch that fails is retried one work unit at a time,
+    and a work unit that fails alone (an unreadable data set, say) stays flagged and is retried
+    by the next pass.
     """
     now = now or timezone.now()
     ids = list(WorkUnit.objects.filter(need_validate=True).order_by("id")
                .values_list("id", flat=True)[:limit])
-    handled = 0
-    for wu_id in ids:
-        try:
-            handled += _validate_one(wu_id, now=now)
-        except Conflict as exc:
-            logger.info("validator: work unit %s changed during its pass (%s); retrying later",
-                        wu_id, exc)
-        except Exception:
-            logger.exception("validator: work unit %s failed; retrying on the next pass", wu_id)
-    return handled
+    return run_batches(ids, partial(_validate_batch, now=now), name="validator",
+                       batch=VALIDATE_BATCH_SIZE, catch_all=True)

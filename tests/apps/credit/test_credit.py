@@ -109,3 +109,48 @@ def test_only_valid_successes_earn_credit():
     with pytest.raises(ValueError):
         credit_grant(result=result, now=T0)
     assert not CreditGrant.objects.exists()
+
+
+def _holders_and_results(name: str) -> tuple[list[Volunteer | Team | Host], list[Result]]:
+    """Two volunteers of one team, three hosts; four valid replicas (one host twice)."""
+    team = Team.objects.create(name=name)
+    first, second = make_volunteer(team=team), make_volunteer(team=team)
+    hosts = [make_host(volunteer=first), make_host(volunteer=first), make_host(volunteer=second)]
+    results = [valid_result(host, credit, sent=T0 + timedelta(hours=i))
+               for i, (host, credit) in enumerate(
+                   [(hosts[0], 1.25), (hosts[1], 0.5), (hosts[0], 2.0), (hosts[2], 0.75)])]
+    return [first, second, team, *hosts], results
+
+
+def test_many_grants_at_once_give_the_figures_of_one_grant_after_another():
+    from apps.credit.services import credit_grant_many
+
+    now = T0 + timedelta(days=1)
+    one_by_one, results_a = _holders_and_results("one by one")
+    at_once, results_b = _holders_and_results("at once")
+    for result in results_a:
+        assert credit_grant(result=result, now=now) is not None
+    grants = credit_grant_many(results=results_b, now=now)
+    assert [g.result_id for g in grants] == [r.pk for r in results_b]
+    for a, b in zip(one_by_one, at_once, strict=True):
+        a.refresh_from_db()
+        b.refresh_from_db()
+        assert (a.total_credit, a.rac, a.rac_time) == (b.total_credit, b.rac, b.rac_time)
+        assert b.total_credit > 0
+    # Idempotent: nothing is granted twice, by either path.
+    assert credit_grant_many(results=results_b, now=now) == []
+    assert credit_grant(result=results_b[0], now=now) is None
+    assert CreditGrant.objects.filter(result__in=results_b).count() == 4
+    total = CreditGrant.objects.filter(team=at_once[2]).aggregate(s=Sum("amount"))["s"]
+    assert at_once[2].total_credit == pytest.approx(total)
+
+
+def test_many_grants_refuse_a_result_that_is_not_valid():
+    from apps.credit.services import credit_grant_many
+
+    _, results = _holders_and_results("refused")
+    Result.objects.filter(pk=results[1].pk).update(validate_state=ValidateState.INVALID)
+    results[1].refresh_from_db()
+    with pytest.raises(ValueError, match="not a valid success"):
+        credit_grant_many(results=results, now=T0)
+    assert not CreditGrant.objects.exists()
