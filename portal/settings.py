@@ -337,7 +337,7 @@ SCHEDULER_REQUEST_DELAY = env_int("SCHEDULER_REQUEST_DELAY", default=5, minimum=
 SCHEDULER_NO_WORK_DELAY = env_int("SCHEDULER_NO_WORK_DELAY", default=60, minimum=0)
 DAILY_RESULT_QUOTA = env_int("DAILY_RESULT_QUOTA", default=100, minimum=1)  # cap per host
 FILE_DELETE_DELAY_SECONDS = env_int("FILE_DELETE_DELAY_SECONDS", default=86_400, minimum=0)
-MIN_CLIENT_VERSION = _env("MIN_CLIENT_VERSION") or "0.1.0"
+MIN_CLIENT_VERSION = _env("MIN_CLIENT_VERSION") or "0.2.0"  # engine format 2
 
 # --- logging -----------------------------------------------------------------------------------
 # One line per record on stdout (systemd's journal, `docker compose logs`): time, level, process

@@ -166,4 +166,4 @@ def user_agent(client_version: str) -> str:
 #    "start_population": [Genome.to_dict(), ...]}
 # The client runs ``run_epoch(data.slice(start, stop), space, settings, seed, population,
 # generations)`` and reports ``EpochResult.to_dict()`` as the output.
-ENGINE_FORMAT = 1
+ENGINE_FORMAT = 2  # 2: the epoch result carries its trials' Sharpe sums (``trials``)

@@ -88,6 +88,11 @@ def _assimilate_canonical(wu: WorkUnit, campaign: Campaign, canonical: Result,
                              found_by_id=canonical.volunteer_id, confirmed_by_ids=confirmed_by)
     stats.epochs_done += 1
     stats.strategies_tried += output["evaluated"]
+    # An answer from before engine format 2 has no trials' sums: it adds none.
+    trials = output.get("trials") or {}
+    stats.trials_sharpe_n += int(trials.get("n", 0))
+    stats.trials_sharpe_sum += float(trials.get("sharpe_sum", 0.0))
+    stats.trials_sharpe_sq_sum += float(trials.get("sharpe_sq_sum", 0.0))
     stats.candle_evaluations += wu.cost
     if best is not None:
         stats.best = best if stats.best is None else max(stats.best, best)
@@ -100,6 +105,9 @@ class _CampaignStats:
     epochs_done: int = 0
     strategies_tried: int = 0
     candle_evaluations: int = 0
+    trials_sharpe_n: int = 0
+    trials_sharpe_sum: float = 0.0
+    trials_sharpe_sq_sum: float = 0.0
     best: float | None = None
 
     def save(self, campaign: Campaign, *, now: datetime) -> None:
@@ -107,6 +115,9 @@ class _CampaignStats:
             epochs_done=F("epochs_done") + self.epochs_done,
             strategies_tried=F("strategies_tried") + self.strategies_tried,
             candle_evaluations=F("candle_evaluations") + self.candle_evaluations,
+            trials_sharpe_n=F("trials_sharpe_n") + self.trials_sharpe_n,
+            trials_sharpe_sum=F("trials_sharpe_sum") + self.trials_sharpe_sum,
+            trials_sharpe_sq_sum=F("trials_sharpe_sq_sum") + self.trials_sharpe_sq_sum,
             updated_at=now)
         if self.best is not None:
             Campaign.objects.filter(Q(best_fitness__isnull=True) | Q(best_fitness__lt=self.best),

@@ -75,6 +75,11 @@ class Campaign(TimestampedModel):
     strategies_tried = models.PositiveBigIntegerField(default=0)
     candle_evaluations = models.PositiveBigIntegerField(default=0)
     best_fitness = models.FloatField(null=True, blank=True)
+    # Every trial's per-bar Sharpe ratio, summed over the validated epochs (``TrialsSharpe``):
+    # the deflated Sharpe ratio's V is their variance.
+    trials_sharpe_n = models.PositiveBigIntegerField(default=0)
+    trials_sharpe_sum = models.FloatField(default=0.0)
+    trials_sharpe_sq_sum = models.FloatField(default=0.0)
 
     class Meta:
         constraints = [

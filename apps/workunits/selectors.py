@@ -200,12 +200,15 @@ class TrialsStatistics:
 
     n_trials: int  # strategies tried by every volunteer together, kept or not
     n_recorded: int  # of which in the hall of fame
-    sharpe_variance: float | None  # of the hall of fame's in-sample per-bar Sharpe ratios
+    sharpe_variance: float | None  # of the trials' in-sample per-bar Sharpe ratios
+    variance_of_all_trials: bool  # True: of every trial; False: of the hall of fame only
 
 
 def campaign_trials_statistics(campaigns: Iterable[Campaign]) -> dict[int, TrialsStatistics]:
-    """Per campaign id, the number of trials and the spread of the recorded trials' Sharpe
-    ratios (one grouped query for all of ``campaigns``)."""
+    """Per campaign id, the number of trials and the spread of the trials' Sharpe ratios: of
+    every trial, from the sums each validated epoch reports (engine format 2), or, for a
+    campaign without them (mined by older clients), of the hall of fame's strategies, which,
+    being selected, spread less (one grouped query for all of ``campaigns``)."""
     campaigns = list(campaigns)
     per_bar_sharpe = (Cast(KT("in_sample__return_mean"), FloatField())
                       / Cast(KT("in_sample__return_std"), FloatField()))
@@ -221,14 +224,15 @@ def campaign_trials_statistics(campaigns: Iterable[Campaign]) -> dict[int, Trial
     out = {}
     for campaign in campaigns:
         row = found.get(campaign.pk, {"n": 0, "k": 0})
-        variance = None
-        if row["k"] >= 2:
-            k, s1, s2 = row["k"], row["s1"], row["s2"]
-            variance = max((s2 - s1 * s1 / k) / (k - 1), 0.0)
+        of_all = campaign.trials_sharpe_n >= 2
+        k, s1, s2 = ((campaign.trials_sharpe_n, campaign.trials_sharpe_sum,
+                      campaign.trials_sharpe_sq_sum) if of_all
+                     else (row["k"], row.get("s1"), row.get("s2")))
+        variance = max((s2 - s1 * s1 / k) / (k - 1), 0.0) if k >= 2 else None
         out[campaign.pk] = TrialsStatistics(
             # Never fewer trials than strategies kept (a campaign mid-assimilation).
             n_trials=max(campaign.strategies_tried, row["n"], 1), n_recorded=row["n"],
-            sharpe_variance=variance)
+            sharpe_variance=variance, variance_of_all_trials=of_all)
     return out
 
 
@@ -242,6 +246,7 @@ class StrategyStatistics:
     n_trials: int
     n_observations: int  # in-sample bars
     trials_variance: float | None
+    variance_of_all_trials: bool  # V from every trial (else from the hall of fame only)
     luck_benchmark_annual: float | None  # SR0, annualised: what the luckiest trial shows
 
 
@@ -280,7 +285,9 @@ def strategy_statistics(strategy: Strategy, trials: TrialsStatistics) -> Strateg
                                                     skewness=out_skew, kurtosis=out_kurt)
     return StrategyStatistics(deflated_sharpe=dsr, in_sample_psr=psr, out_sample_psr=out_psr,
                               n_trials=trials.n_trials, n_observations=n,
-                              trials_variance=variance, luck_benchmark_annual=luck)
+                              trials_variance=variance,
+                              variance_of_all_trials=trials.variance_of_all_trials,
+                              luck_benchmark_annual=luck)
 
 
 def strategy_with_statistics(strategies: Iterable[Strategy],

@@ -63,7 +63,13 @@ from django.utils import timezone
 from apps.accounts.models import Host, Team, Volunteer
 from apps.credit.services import credit_grant_many
 from worker_client.engine import METRIC_FIELDS, OHLCV, Genome, GenomeError, evaluate_population
-from worker_client.engine.ga import EpochError, GASettings, fitness_of, result_digest
+from worker_client.engine.ga import (
+    EpochError,
+    GASettings,
+    TrialsSharpe,
+    fitness_of,
+    result_digest,
+)
 from worker_client.engine.space import SearchSpace, SpaceError
 
 from .data import load_dataset
@@ -166,6 +172,14 @@ def output_recheck(*, workunit: WorkUnit, output: Any, digest: str = "",
                        "are possible")
     if len(top_raw) != min(settings.top_k, evaluated):
         raise Rejected(f"top list of {len(top_raw)}, expected {min(settings.top_k, evaluated)}")
+    # The trials' Sharpe sums cannot be re-run (every genome of the epoch would be); the digest
+    # covers them, so a quorum agrees on them, and no more trials than strategies evaluated.
+    try:
+        trials = TrialsSharpe.from_dict(output.get("trials"))
+    except EpochError as exc:
+        raise Rejected(str(exc), malformed=True) from None
+    if trials.n > evaluated:
+        raise Rejected(f"Sharpe ratios of {trials.n} trials, but {evaluated} evaluated")
     population = [_parse_genome(g, space, f"population[{i}]")
                   for i, g in enumerate(population_raw)]
     top: list[tuple[Genome, dict[str, Any]]] = []
@@ -227,7 +241,7 @@ def output_recheck(*, workunit: WorkUnit, output: Any, digest: str = "",
     if claimed_digest != result_digest(
             population_hashes=[g.hash for g in population],
             top=[(t["genome"], t["fitness"], t["metrics"]) for t in recomputed_top],
-            evaluated=evaluated, generations=generations):
+            evaluated=evaluated, generations=generations, trials=trials):
         raise Rejected("the digest does not match the output")
 
 

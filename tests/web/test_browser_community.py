@@ -15,6 +15,7 @@ from apps.accounts.models import Volunteer
 from apps.accounts.selectors import volunteer_by_account_key
 from tests.factories import make_campaign, make_host, make_user, make_volunteer, sha256_hex
 from tests.web.conftest import PASSWORD
+from worker_client import __version__
 
 pytestmark = pytest.mark.slow
 
@@ -139,10 +140,10 @@ def test_a_volunteer_founds_a_team_and_finds_it_on_the_leaderboard(
 
 def test_download_page_gives_the_install_and_attach_commands(
         browser_page, screenshot, live_server, wheel_dir):
-    (wheel_dir / "strategy_worker-0.1.0-py3-none-any.whl").write_bytes(b"PK\x03\x04 wheel")
+    (wheel_dir / f"strategy_worker-{__version__}-py3-none-any.whl").write_bytes(b"PK\x03\x04 wheel")
     page = browser_page
     page.goto("/download/")
-    wheel_url = f"{live_server.url}/download/strategy_worker-0.1.0-py3-none-any.whl"
+    wheel_url = f"{live_server.url}/download/strategy_worker-{__version__}-py3-none-any.whl"
     assert page.locator("#install-pipx").inner_text().strip() == f"pipx install {wheel_url}"
     assert page.locator("#wheel-sha256").inner_text() == sha256_hex(b"PK\x03\x04 wheel")
     screenshot("download")

@@ -13,10 +13,11 @@ from apps.web.svg_charts import format_number, line_chart
 from apps.workunits.models import Result
 from apps.workunits.states import CampaignState, Outcome, ServerState
 from tests.factories import make_campaign, make_host, make_volunteer, make_workunit
+from worker_client import __version__
 
 pytestmark = pytest.mark.django_db
 
-WHEEL = "strategy_worker-0.1.0-py3-none-any.whl"
+WHEEL = f"strategy_worker-{__version__}-py3-none-any.whl"
 
 
 # --- home -----------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ def test_download_page_describes_the_wheel(client, wheel_dir):
     html = response.content.decode()
     url = f"http://testserver/download/{WHEEL}"
     wheel = response.context["wheel"]
-    assert (wheel.filename, wheel.version, wheel.size_bytes) == (WHEEL, "0.1.0", 5004)
+    assert (wheel.filename, wheel.version, wheel.size_bytes) == (WHEEL, __version__, 5004)
     assert hashlib.sha256(content).hexdigest() in html
     assert f"pipx install {url}" in html
     assert f"pip install {url}" in html
@@ -145,14 +146,14 @@ def test_the_wheel_is_served_as_a_file(client, wheel_dir):
 
 
 @pytest.mark.parametrize("name", [
-    "strategy_worker-0.2.0-py3-none-any.whl",  # matches the pattern, but is not there
-    "notes.txt", "strategy_worker-0.1.0-py3-none-any.whl.bak", "..%2F..%2Fportal%2Fsettings.py",
+    "strategy_worker-9.9.9-py3-none-any.whl",  # matches the pattern, but is not there
+    "notes.txt", f"{WHEEL}.bak", "..%2F..%2Fportal%2Fsettings.py",
     "..", "strategy_worker-..-py3-none-any.whl",
 ])
 def test_only_wheels_in_the_directory_are_served(client, wheel_dir, name):
     (wheel_dir / WHEEL).write_bytes(b"PK")
     (wheel_dir / "notes.txt").write_text("private")
-    (wheel_dir / "strategy_worker-0.1.0-py3-none-any.whl.bak").write_bytes(b"old")
+    (wheel_dir / f"{WHEEL}.bak").write_bytes(b"old")
     assert client.get(f"/download/{name}").status_code == 404
 
 

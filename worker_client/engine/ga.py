@@ -125,17 +125,61 @@ class ScoredGenome:
 
 
 @dataclass(frozen=True)
+class TrialsSharpe:
+    """The spread of every trial's Sharpe ratio, for the deflated Sharpe ratio's V: the count,
+    sum and sum of squares of the per-bar Sharpe ratios (``return_mean / return_std``) of the
+    strategies evaluated, those with a positive return deviation (a strategy that never
+    trades has no Sharpe ratio). Sums, so that epochs add up; ``math.fsum``, so that they do not
+    depend on the order of evaluation."""
+
+    n: int = 0
+    sharpe_sum: float = 0.0
+    sharpe_sq_sum: float = 0.0
+
+    @classmethod
+    def of_columns(cls, mean: Sequence[float], std: Sequence[float]) -> TrialsSharpe:
+        """From the ``return_mean`` and ``return_std`` of each strategy evaluated."""
+        sharpes = [float(m) / float(s) for m, s in zip(mean, std, strict=True)
+                   if math.isfinite(s) and s > 0 and math.isfinite(m)]
+        return cls(n=len(sharpes), sharpe_sum=math.fsum(sharpes),
+                   sharpe_sq_sum=math.fsum(x * x for x in sharpes))
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> TrialsSharpe:
+        """From ``to_dict()``; raises ``EpochError`` unless it is three finite, coherent sums."""
+        try:
+            n, total, squares = raw["n"], raw["sharpe_sum"], raw["sharpe_sq_sum"]
+        except (KeyError, TypeError):
+            raise EpochError("trials must hold n, sharpe_sum and sharpe_sq_sum") from None
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise EpochError(f"trials.n must be a count, got {n!r}")
+        for name, value in (("sharpe_sum", total), ("sharpe_sq_sum", squares)):
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value)):
+                raise EpochError(f"trials.{name} must be a finite number, got {value!r}")
+        # Cauchy-Schwarz: (sum x)^2 <= n * sum x^2, with room for rounding.
+        if squares < 0 or total * total > n * squares * (1 + 1e-9) + 1e-300:
+            raise EpochError("trials: the sums cannot come from any set of Sharpe ratios")
+        return cls(n=n, sharpe_sum=float(total), sharpe_sq_sum=float(squares))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "sharpe_sum": self.sharpe_sum, "sharpe_sq_sum": self.sharpe_sq_sum}
+
+
+@dataclass(frozen=True)
 class EpochResult:
     population: tuple[Genome, ...]  # the final population, in rank order
     top: tuple[ScoredGenome, ...]  # the best distinct genomes evaluated in the epoch
     evaluated: int  # distinct strategies backtested in this epoch
     generations: int
     digest: str  # sha256 over the canonical summary below: what two hosts compare
+    trials: TrialsSharpe = TrialsSharpe()  # the Sharpe ratios of all ``evaluated``
 
     def to_dict(self) -> dict[str, Any]:
         return {"population": [g.to_dict() for g in self.population],
                 "top": [s.to_dict() for s in self.top], "evaluated": self.evaluated,
-                "generations": self.generations, "digest": self.digest}
+                "generations": self.generations, "trials": self.trials.to_dict(),
+                "digest": self.digest}
 
 
 @dataclass
@@ -303,12 +347,15 @@ class IslandEpoch:
         top = tuple(ScoredGenome(g, f, Metrics.from_row(self._evaluated[g.hash][1].view(
             _ROW_DTYPE)[0])) for f, g in everything[: self.settings.top_k])
         population = tuple(g for _, g in ranked_population)
+        rows = [row for _, row in self._evaluated.values()]
+        mean, std = METRIC_FIELDS.index("return_mean"), METRIC_FIELDS.index("return_std")
+        trials = TrialsSharpe.of_columns([row[mean] for row in rows], [row[std] for row in rows])
         digest = result_digest(
             population_hashes=[g.hash for g in population],
             top=[(t.genome.hash, t.fitness, asdict(t.metrics)) for t in top],
-            evaluated=len(self._evaluated), generations=self.generations)
+            evaluated=len(self._evaluated), generations=self.generations, trials=trials)
         return EpochResult(population=population, top=top, evaluated=len(self._evaluated),
-                           generations=self.generations, digest=digest)
+                           generations=self.generations, digest=digest, trials=trials)
 
 
 _ROW_DTYPE = np.dtype([(name, np.float64) for name in METRIC_FIELDS])
@@ -316,7 +363,7 @@ _ROW_DTYPE = np.dtype([(name, np.float64) for name in METRIC_FIELDS])
 
 def result_digest(*, population_hashes: Sequence[str],
                   top: Sequence[tuple[str, float, dict[str, Any]]], evaluated: int,
-                  generations: int) -> str:
+                  generations: int, trials: TrialsSharpe) -> str:
     """The digest two hosts compare: sha256 of a canonical summary of an epoch's answer.
 
     ``top`` holds (genome hash, fitness, metrics) of the best genomes, best first.
@@ -328,6 +375,8 @@ def result_digest(*, population_hashes: Sequence[str],
                 for h, f, metrics in top],
         "evaluated": evaluated,
         "generations": generations,
+        "trials": [trials.n, _digest_number(trials.sharpe_sum),
+                   _digest_number(trials.sharpe_sq_sum)],
     }
     text = json.dumps(summary, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
@@ -350,7 +399,8 @@ def digest_of_output(output: dict[str, Any]) -> str:
                         metrics))
         return result_digest(population_hashes=population, top=top,
                              evaluated=int(output["evaluated"]),
-                             generations=int(output["generations"]))
+                             generations=int(output["generations"]),
+                             trials=TrialsSharpe.from_dict(output["trials"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise EpochError(f"malformed epoch output: {exc}") from None
 
