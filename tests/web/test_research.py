@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from datetime import timedelta
 from pathlib import Path
 
@@ -285,6 +286,28 @@ def test_the_dsr_uses_the_campaigns_true_number_of_trials():
         assert st_few.n_trials == 10 and st_many.n_trials == 10_000_000
         assert st_many.deflated_sharpe < st_few.deflated_sharpe <= st_few.in_sample_psr
         assert st_many.luck_benchmark_annual > st_few.luck_benchmark_annual > 0
+
+
+def test_the_dsr_takes_v_from_every_trial_when_the_epochs_reported_them():
+    from apps.workunits import sharpe
+
+    sharpes = [0.01, -0.02, 0.03, 0.0, 0.05]  # per-bar Sharpe ratios of every trial
+    campaign = make_campaign(strategies_tried=5, trials_sharpe_n=5,
+                             trials_sharpe_sum=sum(sharpes),
+                             trials_sharpe_sq_sum=sum(x * x for x in sharpes))
+    (strategy,) = bulk_strategies(campaign, 1)
+
+    trials = selectors.campaign_trials_statistics([campaign])[campaign.pk]
+    stats = selectors.strategy_statistics(strategy, trials)
+
+    assert trials.variance_of_all_trials and stats.variance_of_all_trials
+    assert trials.sharpe_variance == pytest.approx(statistics.variance(sharpes))
+    n = strategy.in_sample["n_returns"]
+    assert stats.trials_variance == pytest.approx(
+        max(statistics.variance(sharpes), sharpe.null_sharpe_variance(n)))
+    older = make_campaign(strategies_tried=5)  # mined before epochs reported their trials
+    bulk_strategies(older, 3)
+    assert not selectors.campaign_trials_statistics([older])[older.pk].variance_of_all_trials
 
 
 def test_statistics_match_the_sharpe_module_for_one_strategy():

@@ -84,6 +84,11 @@ def test_canonical_answer_enters_the_hall_of_fame_with_server_computed_out_of_sa
     campaign.refresh_from_db()
     assert campaign.epochs_done == 1 and campaign.candle_evaluations == wu.cost
     assert campaign.strategies_tried == output["evaluated"]
+    assert (campaign.trials_sharpe_n, campaign.trials_sharpe_sum,
+            campaign.trials_sharpe_sq_sum) == (output["trials"]["n"],
+                                               output["trials"]["sharpe_sum"],
+                                               output["trials"]["sharpe_sq_sum"])
+    assert campaign.trials_sharpe_n >= 2
     assert campaign.best_fitness == max(t["fitness"] for t in output["top"])
     wu.refresh_from_db()
     assert wu.assimilate_state == AssimilateState.DONE

@@ -153,6 +153,12 @@ def test_digest_recomputed_from_an_honest_output_is_the_engines():
     (lambda o: o["population"].reverse(), "rank order"),
     (lambda o: o["top"][0]["metrics"].update(sharpe=10**400), "sharpe"),  # no OverflowError
     (lambda o: o["top"][0].update(hash="f" * 64), "hash"),
+    # The trials' Sharpe sums: in the digest, bounded by the strategies evaluated, coherent.
+    (lambda o: o["trials"].update(sharpe_sq_sum=o["trials"]["sharpe_sq_sum"] * 2),
+     "digest does not match"),
+    (lambda o: o["trials"].update(n=o["evaluated"] + 1), "trials, but"),
+    (lambda o: o["trials"].update(sharpe_sum=1e6), "cannot come from any set"),
+    (lambda o: o.pop("trials"), "trials must hold"),
 ])
 def test_recheck_rejects_forgeries(forge, reason):
     from apps.workunits.validator import Rejected
