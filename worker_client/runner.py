@@ -488,14 +488,17 @@ class Runner:
             speed=self.speed)]
 
     def _holding(self, reported: set[int]) -> tuple[list[int], bool]:
-        """The ``in_progress`` list of a request that reports ``reported``, and whether it is
-        complete: every task this runner holds, queued, running, or finished with its result
-        not yet in the portal's hands (waiting beyond this request's reports). ``_held`` and
-        ``_results`` mirror the task and result files, so a task the portal sent that is in
-        neither was never saved here: the portal sends it again. A list cut to the protocol's
-        limit is sent as it is, never marked complete."""
-        ids = sorted(set(self._held) | (set(self._results) - reported))
-        return ids[:MAX_IDS_PER_LIST], len(ids) <= MAX_IDS_PER_LIST
+        """The ``in_progress`` list of a request that reports ``reported`` (the tasks this
+        runner holds, queued or running), and whether the request accounts for every task the
+        portal sent: the list and the reports together. ``_held`` and ``_results`` mirror the
+        task and result files, so a task the portal sent that is in neither was never saved
+        here: the portal sends it again. Not complete while finished results wait beyond this
+        request's reports (listed as in progress, one whose work unit is decided would be
+        released as not needed before it could be reported, and its credit lost), nor when the
+        list is cut to the protocol's limit."""
+        ids = sorted(self._held)
+        waiting = set(self._results) - reported
+        return ids[:MAX_IDS_PER_LIST], len(ids) <= MAX_IDS_PER_LIST and not waiting
 
     def _contact(self) -> None:
         free_slots, work_seconds = self._work_request()

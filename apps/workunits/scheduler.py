@@ -212,19 +212,14 @@ def scheduler_request(*, host: Host, request: dict[str, Any], client_version: st
 
 
 def _wake_transitioner(workunit_ids: list[int]) -> None:
-    """Enqueue a transitioner pass for these work units, visible only once this commits.
+    """Enqueue a transitioner pass for these work units once this call commits.
 
-    With django-q2's ORM broker on this database the queue row is written inside this
-    transaction: it becomes visible exactly at commit (and vanishes on rollback) without a second
-    transaction and commit of its own. Any other broker (Redis), or sync mode (the task would run
-    at once, inside this transaction), enqueues on commit.
+    After the commit, never inside it: the coalescing flag (``tasks.enqueue_transitions``) must
+    be read once this call's changes are visible, or a pass that starts in between could miss
+    them; and written inside, with the database cache, it would make concurrent calls wait on
+    each other's uncommitted flag row.
     """
-    from django_q.conf import Conf
-
-    if not Conf.SYNC and connection.alias == Conf.ORM:
-        enqueue_transitions(workunit_ids)
-    else:
-        transaction.on_commit(partial(enqueue_transitions, workunit_ids))
+    transaction.on_commit(partial(enqueue_transitions, workunit_ids))
 
 
 # --- SQL helpers -------------------------------------------------------------------------------
@@ -677,10 +672,18 @@ def _resend_lost(host: Host, lost: list[_Lost], *, can_send: bool, now: datetime
                                    updated_at=now) == 1:
                 touched.add(task.workunit_id)
             continue
-        # A new send: a new sent time, and no ack until the host confirms it again, so that a
-        # reply lost once more leaves a ghost the transitioner recognises.
-        if of_this_host.update(sent_time=now, acked_time=None, updated_at=now) == 1:
+        # A new send: a new sent time, and no ack until the host confirms it again, as a first
+        # send (unacknowledged, it counts as a ghost when the transitioner next looks at its
+        # work unit, at its deadline at the latest), or the host's next complete list finds it
+        # missing again. Its work unit was read
+        # undecided before this call locked it: a validator may have decided it in between.
+        if of_this_host.filter(workunit__canonical_result__isnull=True,
+                               workunit__error_mask=0).update(
+                sent_time=now, acked_time=None, updated_at=now) == 1:
             tasks.append(_task(task, row.dataset, now, url_base, urls, deadline=deadline))
+        elif of_this_host.update(server_state=ServerState.OVER, outcome=Outcome.DIDNT_NEED,
+                                 updated_at=now) == 1:
+            touched.add(task.workunit_id)
     return tasks, touched
 
 

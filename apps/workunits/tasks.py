@@ -61,8 +61,7 @@ def _starting(func: str) -> None:
 
 
 def enqueue_transitions(workunit_ids: Iterable[int]) -> None:
-    """Ask the transitioner to look at these work units now (called by a report, in its
-    transaction with django-q2's ORM broker, else on commit).
+    """Ask the transitioner to look at these work units now (called once a report commits).
 
     Coalesced, so that reports arriving by the hundred a second do not queue a pass each: when
     no transitioner pass is queued, this queues one naming these work units (it handles them,

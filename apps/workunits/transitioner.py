@@ -33,7 +33,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Field, Model
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -407,12 +407,21 @@ def transition_pass(*, workunit_ids: list[int] | None = None, now: datetime | No
                                     only_due=only_due), name="transitioner")
 
 
+# PostgreSQL's deadlock, serialization failure and lock-not-available: another transaction won.
+_LOCK_CONFLICTS = frozenset({"40P01", "40001", "55P03"})
+
+
+def _lost_to_another_transaction(exc: DatabaseError) -> bool:
+    return getattr(exc.__cause__, "sqlstate", None) in _LOCK_CONFLICTS
+
+
 def run_batches(ids: list[int], handle: Callable[[list[int]], int], *, name: str,
                 batch: int = BATCH_SIZE, catch_all: bool = False) -> int:
     """``handle`` the work units ``batch`` at a time; a batch that fails (a row changed under
-    our feet, or with ``catch_all`` anything else) is rolled back and retried one work unit at
-    a time, so that one bad work unit never holds up the others. Returns how many were
-    handled."""
+    our feet, a deadlock with a scheduler call — a batch may lock several replicas of one host,
+    in an order of its own — or with ``catch_all`` anything else) is rolled back and retried one
+    work unit at a time, so that one bad work unit never holds up the others. Returns how many
+    were handled."""
     handled = 0
     for i in range(0, len(ids), batch):
         chunk = ids[i:i + batch]
@@ -423,6 +432,13 @@ def run_batches(ids: list[int], handle: Callable[[list[int]], int], *, name: str
             if len(chunk) == 1:
                 logger.info("%s: work unit %s changed during its pass (%s); retrying later",
                             name, chunk[0], exc)
+                continue
+        except DatabaseError as exc:
+            if not (catch_all or _lost_to_another_transaction(exc)):
+                raise
+            if len(chunk) == 1:
+                logger.warning("%s: work unit %s: %s; retrying on the next pass", name,
+                               chunk[0], exc)
                 continue
         except Exception:
             if not catch_all:

@@ -65,21 +65,38 @@ def _runner(store: WorkerStore, portal: StubPortal, **options) -> runner.Runner:
     return worker
 
 
-def test_the_list_names_every_task_and_unreported_result_and_says_it_is_complete(store):
+def test_the_list_names_every_task_held_and_is_complete_with_the_reports(store):
     store.save_task(_task(7), 1.0)
-    for result_id in range(100, 140):  # more than one request reports
+    for result_id in range(100, 130):
         store.save_result(ReportedResult(result_id=result_id, status="error", error="x"))
     portal = StubPortal()
 
     _runner(store, portal)._contact()
 
     [request] = portal.requests
-    reported = {r.result_id for r in request.results}
-    assert len(reported) == 32
-    # The held task and the results this request does not report: the portal has none yet.
-    assert request.in_progress == sorted({7} | set(range(100, 140)) - reported)
+    assert {r.result_id for r in request.results} == set(range(100, 130))
+    assert request.in_progress == [7]
     assert request.in_progress_complete is True
     assert request.to_dict()["in_progress_complete"] is True
+
+
+def test_results_waiting_beyond_the_reports_make_the_list_incomplete(store):
+    """Listed as in progress, a finished result of a work unit decided meanwhile would be
+    released as not needed before it is reported, and its credit lost: it is never listed, and
+    the list is not complete until it is reported."""
+    store.save_task(_task(7), 1.0)
+    for result_id in range(100, 140):  # more than one request reports
+        store.save_result(ReportedResult(result_id=result_id, status="error", error="x"))
+    portal = StubPortal(_reply(accepted=tuple(range(100, 132))))
+    worker = _runner(store, portal)
+
+    worker._contact()
+    worker._contact()
+
+    first, second = portal.requests
+    assert len(first.results) == 32 and len(second.results) == 8
+    assert first.in_progress == second.in_progress == [7]
+    assert (first.in_progress_complete, second.in_progress_complete) == (False, True)
 
 
 def test_a_list_cut_to_the_protocols_limit_is_not_called_complete(store):

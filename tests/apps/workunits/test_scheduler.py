@@ -587,6 +587,30 @@ def test_a_lost_task_no_longer_needed_is_released_without_blame():
     assert (replica.server_state, replica.outcome) == (ServerState.OVER, Outcome.DIDNT_NEED)
 
 
+def test_a_lost_task_decided_after_it_was_read_is_released_not_sent(monkeypatch):
+    """The lost replicas are read before their work units are locked: a validator that decides
+    one in between must not have it sent again."""
+    from apps.workunits import scheduler
+
+    workunit = make_workunit()
+    host = make_host()
+    replica = send(workunit.results.first(), host)
+    read = scheduler._lost_rows
+
+    def read_then_validator_commits(*args, **kwargs):
+        rows = read(*args, **kwargs)
+        WorkUnit.objects.filter(pk=workunit.pk).update(canonical_result=workunit.results.last())
+        return rows
+
+    monkeypatch.setattr(scheduler, "_lost_rows", read_then_validator_commits)
+
+    reply = ask(host, now=LATER, free_slots=0, in_progress=[], in_progress_complete=True)
+
+    assert reply["tasks"] == []
+    replica.refresh_from_db()
+    assert (replica.server_state, replica.outcome) == (ServerState.OVER, Outcome.DIDNT_NEED)
+
+
 def test_a_too_old_client_gets_its_lost_tasks_given_up_not_sent(settings):
     host = make_host()
     replica = send(make_workunit().results.first(), host)

@@ -73,3 +73,49 @@ def test_a_work_unit_held_elsewhere_is_not_waited_for_but_looked_at_again(queued
     queued.clear()
     tasks.transition_workunits([missing], False, tasks.MAX_REQUEUES)  # the last time: it waits
     assert queued == []
+
+
+# --- a batch that loses a lock race -------------------------------------------------------------
+
+
+class _SqlState(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+
+
+def _database_error(sqlstate: str):
+    from django.db import OperationalError
+
+    error = OperationalError(f"sqlstate {sqlstate}")
+    error.__cause__ = _SqlState(sqlstate)  # as Django wraps psycopg's error
+    return error
+
+
+@pytest.mark.parametrize("sqlstate", ["40P01", "40001", "55P03"])
+def test_a_batch_that_deadlocks_is_retried_one_work_unit_at_a_time(sqlstate):
+    """A batch may lock several replicas of one host while a scheduler call of that host locks
+    them in another order: PostgreSQL then aborts one side. The pass goes on, one work unit at
+    a time (one work unit has at most one replica per host, so no cycle), instead of failing."""
+    from apps.workunits.transitioner import run_batches
+
+    calls: list[list[int]] = []
+
+    def handle(ids: list[int]) -> int:
+        calls.append(ids)
+        if len(ids) > 1 or ids == [3]:
+            raise _database_error(sqlstate)
+        return 1
+
+    assert run_batches([1, 2, 3, 4], handle, name="test", batch=4) == 3
+    assert calls == [[1, 2, 3, 4], [1], [2], [3], [4]]
+
+
+def test_other_database_errors_still_fail_the_pass():
+    from apps.workunits.transitioner import run_batches
+
+    def handle(ids: list[int]) -> int:
+        raise _database_error("23505")  # a unique violation is a bug, not a lost race
+
+    with pytest.raises(Exception, match="23505"):
+        run_batches([1, 2], handle, name="test", batch=2)
