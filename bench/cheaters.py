@@ -231,9 +231,13 @@ def forge_random_best(payload: dict[str, Any], rng: random.Random) -> dict[str, 
                        final_equity=19_000.0, n_trades=60, n_returns=1_499, win_rate=0.6)
         top.append({"genome": genome.to_dict(), "hash": genome.hash, "fitness": fitness,
                     "metrics": metrics})
+    # The trials' Sharpe sums, invented too: plausible, and coherent enough to pass the check.
+    evaluated = settings.population_size * (payload["generations"] + 1)
+    trials = {"n": evaluated, "sharpe_sum": 0.002 * evaluated,
+              "sharpe_sq_sum": 0.0004 * evaluated}
     output = {"population": [g.to_dict() for g in genomes], "top": top,
-              "evaluated": settings.population_size * (payload["generations"] + 1),
-              "generations": payload["generations"], "digest": ""}
+              "evaluated": evaluated, "generations": payload["generations"],
+              "trials": trials, "digest": ""}
     return redigest(output)
 
 
