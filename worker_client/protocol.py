@@ -79,14 +79,15 @@ class SchedulerRequest:
     protocol: int = PROTOCOL_VERSION
     results: list[ReportedResult] = field(default_factory=list)
     acks: list[int] = field(default_factory=list)  # task ids received since the last call
-    # Task ids held here whose result the portal has not yet stored: running, queued, or
-    # finished with the result still waiting to be reported (a report in ``results`` counts
-    # as held too).
+    # Task ids held here, queued or running. A finished one is never listed: its result is
+    # reported in ``results`` (listed as in progress, a task whose work unit is decided would
+    # be released as not needed before its result arrives).
     in_progress: list[int] = field(default_factory=list)
-    # True only when ``in_progress`` names every task this host holds: then the portal re-sends
-    # the tasks it sent here that the list lacks (a reply lost on the network, a worker killed
-    # before it saved them), or gives them up at once if their deadline cannot be met (BOINC's
-    # ``resend_lost_results``). Never set with a partial or truncated list.
+    # True only when ``in_progress`` and ``results`` together name every task this host holds
+    # (no result waits for a later call, the list is not cut): then the portal re-sends the
+    # tasks it sent here that neither names (a reply lost on the network, a worker killed before
+    # it saved them), or gives them up at once if their deadline cannot be met (BOINC's
+    # ``resend_lost_results``).
     in_progress_complete: bool = False
     progress: list[TaskProgress] = field(default_factory=list)  # of tasks that have started
     free_slots: int = 0
