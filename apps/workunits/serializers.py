@@ -234,8 +234,9 @@ class SchedulerRequestSerializer(StrictSerializer):
                                         max_length=MAX_IDS_PER_LIST)
     in_progress_complete = StrictBooleanField(
         required=False, default=False,
-        help_text="`in_progress` names every task the host holds: the portal re-sends those "
-                  "it lacks (lost replies) or gives them up when their deadline cannot be met")
+        help_text="`in_progress` and `results` name every task the host holds: the portal "
+                  "re-sends those they lack (lost replies) or gives them up when their deadline "
+                  "cannot be met")
     progress = TaskProgressSerializer(many=True, required=False, default=list,
                                       max_length=MAX_IDS_PER_LIST)
     free_slots = StrictIntegerField(min_value=0, max_value=MAX_FREE_SLOTS, required=False,
