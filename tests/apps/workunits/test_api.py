@@ -15,47 +15,25 @@ from rest_framework.test import APIClient
 from apps.accounts.models import Host
 from apps.workunits.models import Result
 from apps.workunits.states import ServerState
+from tests.api import (
+    ATTACH,
+    DIGEST,
+    HOST,
+    HOST_INFO,
+    SCHEDULER,
+    assert_error,
+    post_json,
+    worker,
+)
 from tests.factories import make_dataset, make_host, make_volunteer, make_workunit
 from worker_client import protocol
 
 pytestmark = pytest.mark.django_db
 
-ATTACH = "/api/v1/attach/"
-HOST = "/api/v1/host/"
-SCHEDULER = "/api/v1/scheduler/"
-DIGEST = "ab" * 32
-HOST_INFO = {"name": "rig", "os": "Linux", "arch": "x86_64", "python_version": "3.11.7",
-             "numba_version": "0.60.0", "cpu_count": 8, "memory_mb": 16000,
-             "client_version": "0.1.0", "speed": 2.5e6}
-
-
 @pytest.fixture(autouse=True)
 def isolated(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path
     settings.MIN_CLIENT_VERSION = "0.1.0"
-
-
-def worker(host: Host | None = None, version: str = "0.1.0") -> APIClient:
-    client = APIClient(HTTP_USER_AGENT=protocol.user_agent(version))
-    if host is not None:
-        client.credentials(HTTP_AUTHORIZATION=f"Token {host.token}")
-    return client
-
-
-def post_json(client: APIClient, url: str, body: object):
-    raw = body if isinstance(body, str | bytes) else json.dumps(body)
-    return client.post(url, data=raw, content_type="application/json")
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message", "detail"}
-    assert body["error"]["message"]
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    return body["error"]
 
 
 # --- attach and host update --------------------------------------------------------------------

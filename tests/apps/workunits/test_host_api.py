@@ -6,7 +6,7 @@ import pytest
 
 from apps.workunits.models import Result
 from apps.workunits.states import Outcome, ServerState, ValidateState
-from tests.apps.workunits.test_api import HOST, SCHEDULER, assert_error, post_json, worker
+from tests.api import HOST, SCHEDULER, assert_error, post_json, worker
 from tests.factories import make_host, make_workunit
 from worker_client import protocol
 
